@@ -1,0 +1,1 @@
+"""One folder per pipeline stage; each holds a thin, typed KFP component."""

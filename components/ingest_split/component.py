@@ -1,0 +1,18 @@
+from kfp.dsl import Dataset, Markdown, Output
+
+from components.component_defaults import trainflow_component
+
+
+@trainflow_component
+def ingest_split(ingest_config: dict, seed: int, dataset: Output[Dataset], report: Output[Markdown]):
+    """Check, split and snapshot an image/caption dataset.
+
+    ingest_config: the `ingest` config section (dataset_dir, columns, resolution, split fractions).
+    seed: makes the train/val/test assignment reproducible.
+    dataset: folder with manifest.jsonl, rejected.jsonl and resized images; metadata has counts and content_sha256.
+    report: Markdown list of skipped records and why.
+    """
+    from trainflow.stage_runner import run_stage
+    from trainflow.stages.ingest_split import ingest_split as stage
+
+    run_stage(stage, config=ingest_config, seed=seed, dataset=dataset, report=report)

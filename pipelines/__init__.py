@@ -1,0 +1,1 @@
+"""KFP pipeline definitions and their run configs (configs/)."""

@@ -1,0 +1,115 @@
+"""The text-to-image fine-tuning pipeline: six stages, typed artifacts, one direction.
+
+ingest_split -> build_cache -> train -> evaluate -> score_generation -> register_model
+
+Every parameter is one section of the run config (trainflow.config.RunConfig),
+passed as a dict; `trainflow compile --config` bakes a config in as defaults,
+so a run from the Kubeflow UI or on a schedule needs no arguments.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
+
+from components.build_cache.component import build_cache
+from components.evaluate.component import evaluate
+from components.ingest_split.component import ingest_split
+from components.register_model.component import register_model
+from components.score_generation.component import score_generation
+from components.train.component import train
+
+PIPELINE_NAME = "trainflow-text-to-image"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def on_gpu_node(task: dsl.PipelineTask, cpu: str, memory: str, retries: int) -> dsl.PipelineTask:
+    """One NVIDIA GPU, CPU/memory requests, retries with backoff, and the usual GPU-node taint toleration."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    return task
+
+
+class PipelineOutputs(NamedTuple):
+    dataset: Dataset
+    model: Model
+    eval_metrics: Metrics
+    score_metrics: Metrics
+    samples: HTML
+    registration: Markdown
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Fine-tune a Stable-Diffusion-architecture model, evaluate, score and register it.")
+def text_to_image_pipeline(
+    run_name: str,
+    seed: int,
+    ingest_config: dict,
+    model_config: dict,
+    cache_config: dict,
+    train_config: dict,
+    evaluate_config: dict,
+    score_config: dict,
+    register_config: dict,
+    params: dict,
+    checkpoint_dir: str = "",
+) -> PipelineOutputs:
+    ingest_task = ingest_split(ingest_config=ingest_config, seed=seed)
+    # New data arrives under the same path: a cached ingest would silently reuse old data.
+    ingest_task.set_caching_options(False).set_cpu_request("2").set_memory_request("8G")
+
+    cache_task = build_cache(dataset=ingest_task.outputs["dataset"], model_config=model_config, cache_config=cache_config)
+    on_gpu_node(cache_task, cpu="4", memory="16G", retries=2)
+
+    train_task = train(
+        cache=cache_task.outputs["cache"], model_config=model_config, train_config=train_config, seed=seed,
+        checkpoint_dir=checkpoint_dir,
+    )
+    on_gpu_node(train_task, cpu="8", memory="32G", retries=2)
+
+    evaluate_task = evaluate(
+        cache=cache_task.outputs["cache"], model=train_task.outputs["model"], model_config=model_config,
+        evaluate_config=evaluate_config, seed=seed,
+    )
+    on_gpu_node(evaluate_task, cpu="4", memory="16G", retries=2)
+
+    score_task = score_generation(
+        dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"], model_config=model_config,
+        score_config=score_config, seed=seed,
+    )
+    on_gpu_node(score_task, cpu="8", memory="32G", retries=2)
+
+    register_task = register_model(
+        dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
+        eval_metrics=evaluate_task.outputs["metrics"], score_metrics=score_task.outputs["metrics"],
+        register_config=register_config, run_name=run_name, params=params,
+    )
+    register_task.set_cpu_request("1").set_memory_request("4G").set_retry(num_retries=3, backoff_duration="30s")
+
+    return PipelineOutputs(
+        dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
+        eval_metrics=evaluate_task.outputs["metrics"], score_metrics=score_task.outputs["metrics"],
+        samples=score_task.outputs["report"], registration=register_task.outputs["report"],
+    )
+
+
+def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
+    """Map a validated RunConfig onto the pipeline's parameters (one dict per section)."""
+    from trainflow.config import section_payload
+
+    register = section_payload(config.register)
+    if tracking_uri is not None and not register.get("tracking_uri"):
+        register["tracking_uri"] = tracking_uri
+    return {
+        "run_name": config.run_name,
+        "seed": config.seed,
+        "ingest_config": section_payload(config.ingest),
+        "model_config": section_payload(config.model),
+        "cache_config": section_payload(config.cache),
+        "train_config": section_payload(config.train),
+        "evaluate_config": section_payload(config.evaluate),
+        "score_config": section_payload(config.score),
+        "register_config": register,
+        "params": section_payload(config),
+    }

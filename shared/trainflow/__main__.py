@@ -1,0 +1,3 @@
+from trainflow.cli import main
+
+raise SystemExit(main())

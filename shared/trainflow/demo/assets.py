@@ -1,0 +1,53 @@
+"""Prepare (once) everything the demo needs, offline: data, base model, classifier."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from trainflow.atomic_files import atomic_write_json
+from trainflow.demo.classifier_training import train_digits_classifier
+from trainflow.demo.digits_dataset import write_digits_imagefolder
+from trainflow.demo.tiny_stable_diffusion import build_tiny_pipeline
+from trainflow.models.image_classifier import save_classifier
+
+# Bump when the recipe of an asset changes, so stale caches are rebuilt.
+ASSETS_VERSION = 2
+MARKER = "assets.json"
+
+
+def demo_asset_paths(root: str | Path) -> dict[str, Path]:
+    root = Path(root)
+    return {"dataset": root / "digits", "base_model": root / "tiny-sd-base", "classifier": root / "digits-classifier"}
+
+
+def prepare_demo_assets(root: str | Path, seed: int = 0, force: bool = False) -> dict[str, str]:
+    """Build the demo dataset, base model and classifier under `root`, unless already there.
+
+    A marker file records the recipe version; a partial earlier attempt is
+    rebuilt because every asset is written atomically and the marker last.
+    """
+    root = Path(root)
+    paths = demo_asset_paths(root)
+    marker = root / MARKER
+    if not force and marker.is_file():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("version") == ASSETS_VERSION and all(p.exists() for p in paths.values()):
+            print(f"demo assets: reusing {root} (built {recorded.get('built_at')})")
+            return {name: str(path) for name, path in paths.items()}
+    started = time.time()
+    count = write_digits_imagefolder(paths["dataset"])
+    print(f"demo assets: wrote {count} digit images with captions to {paths['dataset']}")
+    classifier, accuracy = train_digits_classifier(seed=seed)
+    if accuracy < 0.9:
+        raise RuntimeError(f"digits classifier reached only {accuracy:.1%} held-out accuracy; its features would not be informative")
+    save_classifier(classifier, paths["classifier"])
+    print(f"demo assets: digits classifier held-out accuracy {accuracy:.1%} -> {paths['classifier']}")
+    facts = build_tiny_pipeline(paths["base_model"], seed=seed)
+    print(f"demo assets: tiny SD base model (VAE reconstruction MSE {facts['vae_reconstruction_mse']:.4f}) -> {paths['base_model']}")
+    atomic_write_json(marker, {
+        "version": ASSETS_VERSION, "built_at": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.time() - started, 1),
+        "classifier_held_out_accuracy": accuracy, **facts,
+    })
+    return {name: str(path) for name, path in paths.items()}
