@@ -98,7 +98,7 @@ def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
     """Map a validated RunConfig onto the pipeline's parameters (one dict per section)."""
     from trainflow.config import section_payload
 
-    register = section_payload(config.register)
+    register = section_payload(config.registration)
     if tracking_uri is not None and not register.get("tracking_uri"):
         register["tracking_uri"] = tracking_uri
     return {

@@ -152,7 +152,9 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     score: ScoreConfig = ScoreConfig()
-    register: RegisterConfig
+    # 'register' clashes with ABCMeta.register on a pydantic model, so the
+    # attribute is `registration` while the YAML key stays `register`.
+    registration: RegisterConfig = Field(alias="register")
 
 
 def section_payload(section: BaseModel) -> dict[str, Any]:
@@ -161,7 +163,7 @@ def section_payload(section: BaseModel) -> dict[str, Any]:
     KFP parameters cannot hold None, so None values are left out; every
     nullable field defaults to None, so leaving them out loses nothing.
     """
-    return section.model_dump(mode="json", exclude_none=True)
+    return section.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
 def _describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:

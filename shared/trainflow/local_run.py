@@ -30,7 +30,7 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow") -> dict
 
     state = Path(state_dir).resolve()
     pipeline_root = state / "pipeline-runs"
-    tracking_uri = config.register.tracking_uri or default_tracking_uri(state)
+    tracking_uri = config.registration.tracking_uri or default_tracking_uri(state)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     arguments = pipeline_arguments(config, tracking_uri=tracking_uri)
     arguments["checkpoint_dir"] = str(state / "checkpoints" / config.run_name)
