@@ -6,8 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 DEMO_CONFIG := pipelines/configs/demo.yaml
 CLUSTER_CONFIG := pipelines/configs/sd15-finetune.yaml
+# `make images` tags; the CUDA tag is the default in components/component_defaults.py.
+IMAGE_REGISTRY ?= ghcr.io/trainflow
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_CUDA = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)
+IMAGE_CPU = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)-cpu
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: setup run test test-fast compile demo-assets lock clean
+.PHONY: setup run test test-fast compile demo-assets images lock clean
 
 setup: $(STAMP)
 
@@ -33,9 +39,20 @@ compile: setup
 demo-assets: setup
 	$(BIN)/trainflow demo-assets
 
+# Both images from the same constraints.txt; the repository root is the build context.
+images:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+	  echo "make images: neither docker nor podman was found on PATH; install one, or build on a machine that has it: docker build -f images/Dockerfile.cuda -t $(IMAGE_CUDA) . && docker build -f images/Dockerfile.cpu -t $(IMAGE_CPU) ." >&2; \
+	  exit 1; \
+	fi
+	$(CONTAINER_ENGINE) build -f images/Dockerfile.cuda --build-arg VERSION=$(IMAGE_TAG) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE_CUDA) .
+	$(CONTAINER_ENGINE) build -f images/Dockerfile.cpu --build-arg VERSION=$(IMAGE_TAG) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMAGE_CPU) .
+
 # Re-pin after editing pyproject.toml's dependencies (writes constraints.txt).
 lock: setup
-	{ echo "# Exact versions for every environment (make and images/Dockerfile both install with -c)."; \
+	{ echo "# Exact versions for every environment (make and both images/Dockerfile.* install with -c)."; \
 	  echo "# Regenerate after changing pyproject.toml: make lock"; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^trainflow'; } > constraints.txt
 
