@@ -1,4 +1,4 @@
-"""The `trainflow` command: run, compile, validate, demo-assets."""
+"""The `trainflow` command: run, compile, validate, demo-assets, submit, schedule, runs."""
 
 from __future__ import annotations
 
@@ -52,6 +52,70 @@ def _demo_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kfp_target(args: argparse.Namespace):
+    from trainflow.submission.kfp_connection import KfpTarget
+
+    return KfpTarget(host=args.host, namespace=args.namespace, token_env=args.token_env)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from trainflow.submission.kfp_runs import submit_pipeline_run
+
+    started = submit_pipeline_run(
+        _kfp_target(args), args.config, pipeline=args.pipeline, experiment=args.experiment,
+        run_name=args.run_name, service_account=args.service_account,
+    )
+    uploaded = "new version" if started.version.newly_uploaded else "existing version"
+    print(f"trainflow: started run '{started.run_name}' of {started.version.version_name} ({uploaded}): {started.url}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from trainflow.submission.kfp_runs import schedule_pipeline
+
+    target = _kfp_target(args)
+    outcome = schedule_pipeline(
+        target, args.config, args.cron, name=args.name, experiment=args.experiment, pipeline=args.pipeline,
+        replace=args.replace, service_account=args.service_account,
+    )
+    url = target.recurring_run_url(outcome.recurring_run_id)
+    if not outcome.created:
+        print(f"trainflow: recurring run '{outcome.name}' already exists, left unchanged (pass --replace to replace it): {url}")
+    else:
+        replaced = f", replacing {len(outcome.replaced_ids)} older one(s)" if outcome.replaced_ids else ""
+        print(f"trainflow: scheduled '{outcome.name}' of {outcome.version.version_name}{replaced}: {url}")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from trainflow.submission.kfp_runs import recent_runs, runs_table
+
+    rows = recent_runs(_kfp_target(args), experiment=args.experiment, limit=args.limit)
+    if not rows:
+        print("trainflow: no runs found")
+        return 0
+    console = Console()
+    if not console.is_terminal:
+        console.width = 200  # piped output: one line per run rather than folded at 80 columns
+    console.print(runs_table(rows))
+    return 0
+
+
+def _add_kfp_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", required=True, help="KFP address as the UI is served, e.g. http://localhost:8080 (port-forward) or https://kubeflow.example.com/pipeline")
+    parser.add_argument("--namespace", default=None, help="your profile namespace on a multi-user Kubeflow (leave out on single-user KFP)")
+    parser.add_argument("--token-env", default=None, metavar="NAME", help="environment variable holding a bearer token (default: KFP_TOKEN if set); the token itself is never a command-line value and never printed")
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run YAML whose sections become the pipeline's parameter defaults")
+    parser.add_argument("--experiment", default=None, help="KFP experiment, created if missing (default: the config's register.experiment)")
+    parser.add_argument("--pipeline", choices=["text-to-image", "supervised"], default=None, help="pipeline to compile (default: the one the config's task implies)")
+    parser.add_argument("--service-account", default=None, help="Kubernetes service account the run's pods use (default: the KFP pipeline runner's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainflow", description="Training and evaluation pipelines for PyTorch on Kubeflow.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -75,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.set_defaults(handler=_demo_assets)
+
+    submit = verbs.add_parser("submit", help="upload the pipeline to Kubeflow and start a run", description="Compile the pipeline with the config baked in, upload it as a pipeline version named by its content hash (an unchanged package reuses its version), and start a run; prints the run's URL.")
+    _add_kfp_arguments(submit)
+    _add_pipeline_arguments(submit)
+    submit.add_argument("--run-name", default=None, help="run name (default: <run_name>-<UTC time>)")
+    submit.set_defaults(handler=_submit)
+
+    schedule = verbs.add_parser("schedule", help="create a recurring run on Kubeflow (cron)", description="Create a recurring run of the pipeline: at most one run at a time, no catch-up of missed times, enabled. Ingest caching is off in the pipeline, so every scheduled run reads the dataset folder anew; with the stable hash split, records already seen keep their split as new data arrives.")
+    _add_kfp_arguments(schedule)
+    _add_pipeline_arguments(schedule)
+    schedule.add_argument("--cron", required=True, help="KFP cron expression with 6 fields, seconds first: '0 0 3 * * *' is 03:00 every day")
+    schedule.add_argument("--name", default=None, help="recurring run name (default: <run_name>-schedule); an existing one with this name is left alone")
+    schedule.add_argument("--replace", action="store_true", help="replace existing recurring runs with this name (the new one is created first)")
+    schedule.set_defaults(handler=_schedule)
+
+    runs = verbs.add_parser("runs", help="list recent runs on Kubeflow with their status", description="List the most recent runs, newest first: status, created time (UTC), name and run id.")
+    _add_kfp_arguments(runs)
+    runs.add_argument("--experiment", default=None, help="only runs of this experiment")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs (1-200, default 20)")
+    runs.set_defaults(handler=_runs)
     return parser
 
 
