@@ -11,7 +11,10 @@
    into the Output[Model] folder atomically;
 5. delete the job when `delete_on_exit` is set — after success, failure, timeout or Ctrl-C — so
    that a retry starts a fresh job that resumes from the workspace checkpoints.
-A job that exists but was not made by trainflow is never adopted or deleted.
+A job that exists but was not made by trainflow is never adopted or deleted. Re-attaching to a job
+that already failed reports that failure again; with delete_on_exit (the default) a failed job is
+gone before the retry, so a retried task starts a new job that resumes from the checkpoints. One
+that is still being deleted is waited out first.
 """
 
 from __future__ import annotations
