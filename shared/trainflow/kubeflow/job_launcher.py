@@ -34,7 +34,7 @@ from trainflow.atomic_files import atomic_directory, atomic_write_json
 from trainflow.errors import ConfigError, UserFacingError
 from trainflow.kubeflow.cluster_api import ClusterAccessError, api_error
 from trainflow.kubeflow.distributed_spec import DistributedTrainingSpec
-from trainflow.kubeflow.job_kinds import JobKind, JobPhase, job_kind
+from trainflow.kubeflow.job_kinds import JobPhase, job_kind
 from trainflow.kubeflow.job_specs import JOB_LABELS, build_job
 from trainflow.kubeflow.pod_logs import Rank0LogFollower
 
