@@ -9,8 +9,8 @@ so a run from the Kubeflow UI or on a schedule needs no arguments.
 
 from typing import NamedTuple
 
-from kfp import dsl, kubernetes
-from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model
 
 from components.build_cache.component import build_cache
 from components.evaluate.component import evaluate
@@ -18,23 +18,18 @@ from components.ingest_split.component import ingest_split
 from components.register_model.component import register_model
 from components.score_generation.component import score_generation
 from components.train.component import train
+from pipelines.pipeline_settings import on_gpu_node, pipeline_arguments
 
 PIPELINE_NAME = "trainflow-text-to-image"
-GPU_RESOURCE = "nvidia.com/gpu"
+TASK = "text_to_image"
 
-
-def on_gpu_node(task: dsl.PipelineTask, cpu: str, memory: str, retries: int) -> dsl.PipelineTask:
-    """One NVIDIA GPU, CPU/memory requests, retries with backoff, and the usual GPU-node taint toleration."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-    task.set_cpu_request(cpu).set_memory_request(memory)
-    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
-    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    return task
+__all__ = ["PIPELINE_NAME", "PipelineOutputs", "pipeline_arguments", "text_to_image_pipeline"]
 
 
 class PipelineOutputs(NamedTuple):
     dataset: Dataset
     model: Model
+    tensorboard: Artifact
     eval_metrics: Metrics
     score_metrics: Metrics
     samples: HTML
@@ -55,22 +50,23 @@ def text_to_image_pipeline(
     params: dict,
     checkpoint_dir: str = "",
 ) -> PipelineOutputs:
-    ingest_task = ingest_split(ingest_config=ingest_config, seed=seed)
+    ingest_task = ingest_split(ingest_config=ingest_config, seed=seed, task=TASK)
     # New data arrives under the same path: a cached ingest would silently reuse old data.
     ingest_task.set_caching_options(False).set_cpu_request("2").set_memory_request("8G")
 
-    cache_task = build_cache(dataset=ingest_task.outputs["dataset"], model_config=model_config, cache_config=cache_config)
+    cache_task = build_cache(dataset=ingest_task.outputs["dataset"], model_config=model_config, cache_config=cache_config,
+                             task=TASK)
     on_gpu_node(cache_task, cpu="4", memory="16G", retries=2)
 
     train_task = train(
         cache=cache_task.outputs["cache"], model_config=model_config, train_config=train_config, seed=seed,
-        checkpoint_dir=checkpoint_dir,
+        task=TASK, checkpoint_dir=checkpoint_dir,
     )
     on_gpu_node(train_task, cpu="8", memory="32G", retries=2)
 
     evaluate_task = evaluate(
         cache=cache_task.outputs["cache"], model=train_task.outputs["model"], model_config=model_config,
-        evaluate_config=evaluate_config, seed=seed,
+        evaluate_config=evaluate_config, seed=seed, task=TASK,
     )
     on_gpu_node(evaluate_task, cpu="4", memory="16G", retries=2)
 
@@ -89,27 +85,7 @@ def text_to_image_pipeline(
 
     return PipelineOutputs(
         dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
+        tensorboard=train_task.outputs["tensorboard"],
         eval_metrics=evaluate_task.outputs["metrics"], score_metrics=score_task.outputs["metrics"],
         samples=score_task.outputs["report"], registration=register_task.outputs["report"],
     )
-
-
-def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
-    """Map a validated RunConfig onto the pipeline's parameters (one dict per section)."""
-    from trainflow.config import section_payload
-
-    register = section_payload(config.registration)
-    if tracking_uri is not None and not register.get("tracking_uri"):
-        register["tracking_uri"] = tracking_uri
-    return {
-        "run_name": config.run_name,
-        "seed": config.seed,
-        "ingest_config": section_payload(config.ingest),
-        "model_config": section_payload(config.model),
-        "cache_config": section_payload(config.cache),
-        "train_config": section_payload(config.train),
-        "evaluate_config": section_payload(config.evaluate),
-        "score_config": section_payload(config.score),
-        "register_config": register,
-        "params": section_payload(config),
-    }

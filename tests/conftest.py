@@ -55,11 +55,13 @@ def small_config(dataset_dir: Path, base_model: Path, classifier: Path, tmp: Pat
     """A run config sized for tests: a subset of the digits, 2 epochs, few generation steps."""
     config = {
         "run_name": "test-run",
+        "task": "text_to_image",
         "seed": 0,
         "ingest": {"dataset_dir": str(dataset_dir), "resolution": 32, "label_column": "label", "max_records": 60},
         "model": {"base": str(base_model)},
         "cache": {"batch_size": 32, "storage_dtype": "float32"},
-        "train": {"max_epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "warmup_steps": 0},
+        "train": {"max_epochs": 2, "batch_size": 16, "optimizer": {"learning_rate": 1e-3}, "schedule": {"warmup_steps": 0},
+                  "logging": {"tensorboard": False}},
         "evaluate": {"batch_size": 32},
         "score": {
             "generation": {"num_inference_steps": 2, "guidance_scale": 2.0, "batch_size": 16},

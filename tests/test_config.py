@@ -29,8 +29,9 @@ def base_payload(tmp_path) -> dict:
 
 def test_unknown_key_names_the_field_and_suggests_the_right_one(tmp_path):
     payload = base_payload(tmp_path)
-    payload["train"] = {"learning_rat": 0.1}
-    with pytest.raises(ConfigError, match=r"train\.learning_rat: unknown key; did you mean 'learning_rate'\?"):
+    payload["train"] = {"learning_rat": 0.1, "max_epoch": 3}
+    with pytest.raises(ConfigError, match=r"train\.learning_rat: unknown key; did you mean 'optimizer\.learning_rate'\?.*"
+                                          r"train\.max_epoch: unknown key; did you mean 'max_epochs'\?"):
         load_config(write(tmp_path, payload))
 
 
@@ -101,7 +102,7 @@ def test_cli_prints_one_line_naming_the_field_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("verb", [[], ["run"], ["compile"], ["validate"], ["demo-assets"], ["submit"], ["schedule"], ["runs"]])
+@pytest.mark.parametrize("verb", [[], ["run"], ["compile"], ["validate"], ["demo-assets"], ["train-worker"], ["submit"], ["schedule"], ["runs"]])
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "trainflow", *verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: trainflow" in result.stdout

@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 
 from conftest import small_config
 from trainflow.artifacts import LocalArtifact
-from trainflow.config import TrainConfig
-from trainflow.diffusion import finetune_recipe
 from trainflow.errors import MissingWeightsError
+from trainflow.tasks import text_to_image
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate
 from trainflow.stages.ingest_split import ingest_split
@@ -29,7 +28,8 @@ def chain(tmp_path_factory, digits_dir, tiny_base_model, digits_classifier):
            ["dataset", "ingest_report", "cache", "model", "train_metrics", "eval_metrics", "score_metrics", "samples", "registration"]}
     ingest_split(config["ingest"], 0, out["dataset"], out["ingest_report"])
     build_cache(out["dataset"].path, config["model"], config["cache"], out["cache"])
-    train(out["cache"].path, config["model"], config["train"], 0, out["model"], out["train_metrics"], checkpoint_dir=str(tmp / "ckpt"))
+    train("text_to_image", out["cache"].path, config["model"], config["train"], 0, out["model"], out["train_metrics"],
+          checkpoint_dir=str(tmp / "ckpt"))
     return config, out, tmp
 
 
@@ -48,10 +48,10 @@ def test_train_writes_a_complete_pipeline_folder_with_the_best_epoch(chain):
         assert (model_dir / part).exists(), part
     record = json.loads((model_dir / "trainflow_training.json").read_text())
     assert record["best_epoch"] == out["model"].metadata["best_epoch"]
-    assert len(record["history"]) == record["epochs_run"] == 2
-    best = load_file(tmp / "ckpt" / "best" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert len(record["history"]) == record["epochs_run"] == 2, "one validation per epoch"
+    best = load_file(Path(record["best_checkpoint"]) / "model.safetensors")
     shipped = load_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(best[k], shipped[k]) for k in best)
+    assert all(torch.equal(best[f"unet.{k}"], shipped[k]) for k in shipped)
 
 
 def test_evaluate_reports_test_loss_for_tuned_and_base(chain):
@@ -59,6 +59,7 @@ def test_evaluate_reports_test_loss_for_tuned_and_base(chain):
     result = evaluate(out["cache"].path, out["model"].path, config["model"], config["evaluate"], 0, out["eval_metrics"])
     assert 0 < result["test_loss"] < result["base_test_loss"], "two epochs must already beat a random UNet"
     assert result["stop_reason"].startswith("reached train.max_epochs")
+    assert json.loads(Path(out["eval_metrics"].path).read_text())["test_loss"] == result["test_loss"]
 
 
 def test_score_computes_fid_and_prompt_accuracy_and_skips_missing_optionals(chain, tmp_path, monkeypatch):
@@ -110,26 +111,20 @@ def test_register_records_the_run_and_registers_only_past_the_gates(chain, tmp_p
 
 
 def test_early_stopping_keeps_the_best_epoch_not_the_last(chain, tmp_path, monkeypatch):
-    """Validation improves, then worsens: training stops and ships epoch 2's weights."""
-    _, out, _ = chain
+    """Validation improves, then worsens: training stops and ships epoch 2's weights, not the last."""
+    config, out, _ = chain
     losses = iter([0.50, 0.40, 0.45, 0.46, 0.47, 0.48])
-    monkeypatch.setattr(finetune_recipe.TextToImageFinetune, "validate", lambda self: next(losses))
-    cfg = {"max_epochs": 6, "batch_size": 16, "learning_rate": 1e-3, "early_stopping": {"patience": 3}}
+    monkeypatch.setattr(text_to_image.TextToImageTask, "finalize_validation", lambda self, totals: {"loss": next(losses)})
+    cfg = {"max_epochs": 6, "batch_size": 16, "optimizer": {"learning_rate": 1e-3}, "logging": {"tensorboard": False},
+           "early_stopping": {"patience": 3}, "checkpoints": {"keep_top_k": 1, "total_limit": 2}}
     model, metrics = LocalArtifact(str(tmp_path / "model")), LocalArtifact(str(tmp_path / "metrics"))
-    base = json.loads((Path(out["model"].path) / "trainflow_training.json").read_text())["base_model"]
-    summary = train(out["cache"].path, {"base": base}, cfg, 0, model, metrics, checkpoint_dir=str(tmp_path / "ckpt"))
+    summary = train("text_to_image", out["cache"].path, config["model"], cfg, 0, model, metrics,
+                    checkpoint_dir=str(tmp_path / "ckpt"))
     assert summary["best_epoch"] == 2 and summary["epochs_run"] == 5
-    assert "did not improve" in summary["stop_reason"]
-    best = load_file(tmp_path / "ckpt/best/unet/diffusion_pytorch_model.safetensors")
-    last = load_file(tmp_path / "ckpt/last/unet/diffusion_pytorch_model.safetensors")
+    assert summary["stop_kind"] == "patience" and "did not improve" in summary["stop_reason"]
+    record = json.loads((tmp_path / "model" / "trainflow_training.json").read_text())
+    best = load_file(Path(record["best_checkpoint"]) / "model.safetensors")
+    last = load_file(Path(record["last_checkpoint"]) / "model.safetensors")
     shipped = load_file(tmp_path / "model/unet/diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(best[k], shipped[k]) for k in best)
-    assert not all(torch.equal(last[k], shipped[k]) for k in last)
-
-
-def test_early_stopping_rule():
-    from trainflow.training.early_stopping import EarlyStopping
-
-    stopper = EarlyStopping(patience=2, min_delta=0.01)
-    assert stopper.update(1, 1.0) and not stopper.update(2, 0.995) and not stopper.should_stop
-    assert not stopper.update(3, 0.999) and stopper.should_stop and stopper.best_epoch == 1
+    assert all(torch.equal(best[f"unet.{k}"], shipped[k]) for k in shipped)
+    assert not all(torch.equal(last[f"unet.{k}"], shipped[k]) for k in shipped)

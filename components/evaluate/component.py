@@ -5,16 +5,18 @@ from components.component_defaults import trainflow_component
 
 @trainflow_component
 def evaluate(
-    cache: Input[Dataset], model: Input[Model], model_config: dict, evaluate_config: dict, seed: int,
+    cache: Input[Dataset], model: Input[Model], model_config: dict, evaluate_config: dict, seed: int, task: str,
     metrics: Output[Metrics],
 ):
-    """Test-split denoising loss of the best checkpoint and of the base model, with identical noise.
+    """Score the best checkpoint on the untouched test split.
 
-    cache: the build_cache output. model: the train output (its best epoch).
-    metrics: test_loss, base_test_loss, best_epoch, best_val_loss, epochs_run; metadata has stop_reason.
+    cache: the build_cache output. model: the train output (its best checkpoint).
+    task: text_to_image (test denoising loss, fine-tuned and base, identical noise) or a supervised task
+      (its metrics with bootstrap 95% intervals; tables also get a scikit-learn baseline).
+    metrics: the numbers in metadata (plus best step, stop reason); the file holds everything as JSON.
     """
     from trainflow.stage_runner import run_stage
     from trainflow.stages.evaluate import evaluate as stage
 
     run_stage(stage, cache_dir=cache.path, model_dir=model.path, model_config=model_config,
-              config=evaluate_config, seed=seed, metrics=metrics)
+              config=evaluate_config, seed=seed, metrics=metrics, task=task)

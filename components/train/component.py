@@ -1,23 +1,26 @@
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.component_defaults import trainflow_component
 
 
 @trainflow_component
 def train(
-    cache: Input[Dataset], model_config: dict, train_config: dict, seed: int, checkpoint_dir: str,
-    model: Output[Model], metrics: Output[Metrics],
+    cache: Input[Dataset], model_config: dict, train_config: dict, seed: int, task: str, checkpoint_dir: str,
+    model: Output[Model], metrics: Output[Metrics], tensorboard: Output[Artifact],
 ):
-    """Fine-tune the UNet on cached latents with validation, early stopping and checkpoints.
+    """Train the task on the cache with validation, early stopping and checkpoints; resume if checkpoints exist.
 
     cache: the build_cache output.
     model_config / train_config: the `model` and `train` config sections.
-    checkpoint_dir: where best/ and last/ checkpoints go ('' = beside the model artifact).
-    model: the best epoch as a complete diffusers pipeline folder; metadata has best_epoch, stop_reason.
-    metrics: best_val_loss, best_epoch, epochs_run, final_train_loss.
+    task: text_to_image | classification | regression | segmentation.
+    checkpoint_dir: where checkpoints go ('' = beside the model artifact); a retried task resumes from it.
+    model: the best checkpoint, exported by the task (a diffusers folder, or config.json + model.safetensors);
+      trainflow_training.json in it records the history and why training stopped.
+    metrics: best monitored value, best step/epoch, steps run, stop reason.
+    tensorboard: TensorBoard event files (loss, learning rate, gradient norm, throughput, memory).
     """
     from trainflow.stage_runner import run_stage
     from trainflow.stages.train import train as stage
 
-    run_stage(stage, cache_dir=cache.path, model_config=model_config, config=train_config, seed=seed,
-              model=model, metrics=metrics, checkpoint_dir=checkpoint_dir)
+    run_stage(stage, task=task, cache_dir=cache.path, model_config=model_config, config=train_config, seed=seed,
+              model=model, metrics=metrics, checkpoint_dir=checkpoint_dir, logs=tensorboard)

@@ -1,4 +1,4 @@
-"""The `trainflow` command: run, compile, validate, demo-assets, submit, schedule, runs."""
+"""The `trainflow` command: run, compile, validate, train-worker, demo-assets, submit, schedule, runs."""
 
 from __future__ import annotations
 
@@ -14,26 +14,50 @@ def _run(args: argparse.Namespace) -> int:
     from trainflow.local_run import print_summary, run_locally
 
     config = load_config(args.config)
-    print(f"trainflow: running '{config.run_name}' locally (state in {Path(args.state_dir).resolve()})", flush=True)
+    print(f"trainflow: running '{config.run_name}' ({config.task}) locally (state in {Path(args.state_dir).resolve()})",
+          flush=True)
     try:
-        result = run_locally(config, args.state_dir)
+        result = run_locally(config, args.state_dir, fresh=args.fresh)
     except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is printed above
         raise UserFacingError(f"{exc} See that stage's log above for its error.") from None
     print_summary(result)
+    if args.summary_json:
+        from trainflow.local_run import write_summary_json
+
+        write_summary_json(result, args.summary_json)
     return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from kfp import compiler
-
-    from pipelines.text_to_image import pipeline_arguments, text_to_image_pipeline
     from trainflow.config import load_config
+    from trainflow.submission.pipeline_package import compile_pipeline_package, default_pipeline
 
     config = load_config(args.config, check_local_paths=False)  # paths are the pods' paths
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(text_to_image_pipeline, str(output), pipeline_parameters=pipeline_arguments(config))
-    print(f"trainflow: wrote {output} (defaults from {args.config}); upload it in the Kubeflow UI or submit with kfp.Client")
+    pipeline = args.pipeline or default_pipeline(config)
+    output = compile_pipeline_package(config, pipeline, Path(args.output or f"build/{pipeline.replace('-', '_')}.yaml"))
+    print(f"trainflow: wrote {output} ({pipeline} pipeline, defaults from {args.config}); upload it in the Kubeflow UI, "
+          "or use `trainflow submit`")
+    return 0
+
+
+def _train_worker(args: argparse.Namespace) -> int:
+    import json
+
+    from trainflow.config import parse_section
+    from trainflow.training.distributed import destroy_process_group
+    from trainflow.training.run_training import TrainRequest, run_training
+
+    path = Path(args.request)
+    if not path.is_file():
+        raise UserFacingError(f"train request {path} does not exist; the launcher writes it on the shared workspace")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserFacingError(f"train request {path} is not valid JSON ({exc})") from None
+    try:
+        run_training(parse_section(TrainRequest, payload, str(path)))
+    finally:
+        destroy_process_group()
     return 0
 
 
@@ -120,15 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainflow", description="Training and evaluation pipelines for PyTorch on Kubeflow.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    run = verbs.add_parser("run", help="run the pipeline locally through kfp.local", description="Run the text-to-image pipeline on this machine (kfp.local, one subprocess per stage) and print a summary.")
+    run = verbs.add_parser("run", help="run the pipeline locally through kfp.local", description="Run the config's pipeline (text-to-image or supervised, from its task) on this machine through kfp.local, one subprocess per stage, and print a summary. Re-running the same config after a kill resumes training from the newest checkpoint in the state folder.")
     run.add_argument("--config", required=True, help="run YAML (see pipelines/configs/)")
     run.add_argument("--state-dir", default=".trainflow", help="where pipeline outputs, checkpoints and the MLflow SQLite store go (default: .trainflow)")
+    run.add_argument("--fresh", action="store_true", help="delete this run's checkpoints first instead of resuming from them")
+    run.add_argument("--summary-json", metavar="PATH", help="also write the summary (stages, metrics, best epoch, stop reason, registration) as JSON")
     run.set_defaults(handler=_run)
 
     comp = verbs.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster", description="Compile the pipeline to KFP v2 YAML with a run config baked in as parameter defaults.")
     comp.add_argument("--config", required=True, help="run YAML whose sections become the parameter defaults")
-    comp.add_argument("--output", default="build/text_to_image.yaml", help="YAML file to write (default: build/text_to_image.yaml)")
+    comp.add_argument("--pipeline", choices=["text-to-image", "supervised"], help="default: the one the config's task implies")
+    comp.add_argument("--output", help="YAML file to write (default: build/<pipeline>.yaml)")
     comp.set_defaults(handler=_compile)
+
+    worker = verbs.add_parser("train-worker", help="train from a request file (what each PyTorchJob/TrainJob process runs)", description="Run the training engine from a JSON train request (task, cache_dir, model_config, train_config, seed, checkpoint_dir, output_dir). Runs alone or under torchrun: `torchrun -m trainflow train-worker --request R` on every node; rank 0 writes checkpoints and the model folder.")
+    worker.add_argument("--request", required=True, help="train request JSON on the shared workspace")
+    worker.set_defaults(handler=_train_worker)
 
     val = verbs.add_parser("validate", help="check a run YAML against the schema", description="Validate a run YAML; errors name the field.")
     val.add_argument("--config", required=True, help="run YAML to check")

@@ -1,7 +1,9 @@
 """The Dataset artifact's layout, shared by the stages that read it.
 
     <dataset artifact>/
-        manifest.jsonl   one JSON object per kept record: id, split, image, caption, label, sha256
+        manifest.jsonl   one JSON object per kept record: id, split, sha256, and as present:
+                         image, mask (relative PNG paths), caption, label, targets, features
+        dataset.json     task, kind (image | table), class_names, target_names, feature_names, resolution
         rejected.jsonl   one JSON object per unusable record: source, image, reason
         images/<split>/<n>.png   the record's image, resized and center-cropped
 
@@ -12,22 +14,35 @@ arrives after ingest cannot change what a run trained and scored on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 from trainflow.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")
+DATASET_INFO = "dataset.json"  # task, kind (image/table), class/target/feature names, resolution
 
 
 @dataclasses.dataclass(frozen=True)
 class ManifestEntry:
     record_id: str
     split: str
-    image: str  # relative to the artifact folder
-    caption: str
+    image: str | None  # relative to the artifact folder
+    caption: str | None
     label: int | None
     sha256: str
+    targets: list[float] | None = None
+    features: list[float] | None = None
+    mask: str | None = None
+
+
+def manifest_sha256(dataset_dir: str | Path) -> str:
+    """Hash of the manifest: every kept record's content hash and its split. Checkpoints are tied to it."""
+    path = Path(dataset_dir) / "manifest.jsonl"
+    if not path.is_file():
+        raise UserFacingError(f"{path} is missing; the dataset input must be the output of the ingest_split stage")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_manifest(dataset_dir: str | Path, split: str | None = None) -> list[ManifestEntry]:
@@ -39,7 +54,14 @@ def read_manifest(dataset_dir: str | Path, split: str | None = None) -> list[Man
         for line in handle:
             row = json.loads(line)
             if split is None or row["split"] == split:
-                entries.append(
-                    ManifestEntry(row["id"], row["split"], row["image"], row["caption"], row.get("label"), row["sha256"])
-                )
+                entries.append(ManifestEntry(
+                    row["id"], row["split"], row.get("image"), row.get("caption"), row.get("label"), row["sha256"],
+                    row.get("targets"), row.get("features"), row.get("mask")))
     return entries
+
+
+def read_dataset_info(dataset_dir: str | Path) -> dict:
+    path = Path(dataset_dir) / DATASET_INFO
+    if not path.is_file():
+        raise UserFacingError(f"{path} is missing; the dataset input must be the output of the ingest_split stage")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +35,8 @@ class CandidateRecord:
     caption: Any
     label: Any = None
     layout_split: str | None = None  # split named by the folder layout, if any
+    targets: Any = None  # regression values, one per configured target column
+    mask_ref: Any = None  # segmentation mask path, relative like the image's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,8 @@ class ValidRecord:
     label: int | None
     sha256: str
     layout_split: str | None
+    targets: tuple[float, ...] | None = None
+    mask_path: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +69,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _imagefolder_candidates(
-    root: Path, image_column: str, caption_column: str, label_column: str | None, rejected: list[RejectedRecord]
+    root: Path, image_column: str, caption_column: str, label_column: str | None, rejected: list[RejectedRecord],
+    target_columns: list[str] | None = None, mask_column: str | None = None,
 ) -> Iterator[CandidateRecord]:
     for metadata_file in sorted(root.rglob("metadata.jsonl")):
         folder = metadata_file.parent
@@ -84,6 +90,8 @@ def _imagefolder_candidates(
                 caption=row.get(caption_column),
                 label=row.get(label_column) if label_column else None,
                 layout_split=split,
+                targets=[row.get(column) for column in target_columns] if target_columns else None,
+                mask_ref=row.get(mask_column) if mask_column else None,
             )
 
 
@@ -117,33 +125,63 @@ def _split_folder_candidates(root: Path, rejected: list[RejectedRecord]) -> Iter
             )
 
 
-def _check(candidate: CandidateRecord, root: Path) -> ValidRecord | RejectedRecord:
-    def reject(reason: str) -> RejectedRecord:
-        return RejectedRecord(candidate.source, candidate.image_ref, reason)
-
-    resolved = (candidate.base_dir / candidate.image_ref).resolve()
+def _inside_root(candidate: CandidateRecord, reference: Any, root: Path, what: str) -> Path | str:
+    """The resolved file, or the reason it cannot be used."""
+    if not isinstance(reference, str) or not reference or "\x00" in reference:
+        return f"{what} path {reference!r} is not a valid path"
+    resolved = (candidate.base_dir / reference).resolve()
     if not resolved.is_relative_to(root):
-        return reject(f"image path escapes the dataset root {root}; keep every image inside it")
+        return f"{what} path escapes the dataset root {root}; keep every file inside it"
     if not resolved.is_file():
-        return reject("image file does not exist")
-    if not isinstance(candidate.caption, str) or not candidate.caption.strip():
+        return f"{what} file does not exist"
+    return resolved
+
+
+def _decode_reason(path: Path, what: str) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes the pixels; verify() alone misses truncated files
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"{what} does not decode ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _check(candidate: CandidateRecord, root: Path, require_caption: bool = True) -> ValidRecord | RejectedRecord:
+    def reject(reason: str) -> RejectedRecord:
+        return RejectedRecord(candidate.source, str(candidate.image_ref), reason)
+
+    resolved = _inside_root(candidate, candidate.image_ref, root, "image")
+    if isinstance(resolved, str):
+        return reject(resolved)
+    caption = candidate.caption
+    if require_caption and (not isinstance(caption, str) or not caption.strip()):
         return reject("caption is missing or empty")
     label = candidate.label
     if label is not None and (isinstance(label, bool) or not isinstance(label, int)):
         return reject(f"label must be an integer class index, got {label!r}")
-    data = resolved.read_bytes()
-    try:
-        with Image.open(resolved) as image:
-            image.load()  # decodes the pixels; verify() alone misses truncated files
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return reject(f"image does not decode ({type(exc).__name__}: {exc})")
+    targets = None
+    if candidate.targets is not None:
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in candidate.targets):
+            return reject(f"targets must be finite numbers, got {candidate.targets!r}")
+        targets = tuple(float(v) for v in candidate.targets)
+    mask_path = None
+    if candidate.mask_ref is not None:
+        mask_path = _inside_root(candidate, candidate.mask_ref, root, "mask")
+        if isinstance(mask_path, str):
+            return reject(mask_path)
+        if reason := _decode_reason(mask_path, "mask"):
+            return reject(reason)
+    if reason := _decode_reason(resolved, "image"):
+        return reject(reason)
     return ValidRecord(
         record_id=resolved.relative_to(root).as_posix(),
         image_path=resolved,
-        caption=candidate.caption.strip(),
+        caption=caption.strip() if isinstance(caption, str) else "",
         label=label,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=hashlib.sha256(resolved.read_bytes()).hexdigest(),
         layout_split=candidate.layout_split,
+        targets=targets,
+        mask_path=mask_path,
     )
 
 
@@ -152,6 +190,9 @@ def read_records(
     image_column: str = "file_name",
     caption_column: str = "text",
     label_column: str | None = "label",
+    target_columns: list[str] | None = None,
+    mask_column: str | None = None,
+    require_caption: bool = True,
 ) -> tuple[list[ValidRecord], list[RejectedRecord]]:
     """Return (valid records sorted by id, rejected records with reasons).
 
@@ -161,7 +202,8 @@ def read_records(
     if not root.is_dir():
         raise UserFacingError(f"dataset folder {root} does not exist; set ingest.dataset_dir to your dataset root")
     rejected: list[RejectedRecord] = []
-    candidates = list(_imagefolder_candidates(root, image_column, caption_column, label_column, rejected))
+    candidates = list(_imagefolder_candidates(root, image_column, caption_column, label_column, rejected,
+                                              target_columns, mask_column))
     candidates += list(_split_folder_candidates(root, rejected))
     if not candidates and not rejected:
         raise UserFacingError(
@@ -170,7 +212,7 @@ def read_records(
         )
     valid: dict[str, ValidRecord] = {}
     for candidate in candidates:
-        outcome = _check(candidate, root)
+        outcome = _check(candidate, root, require_caption)
         if isinstance(outcome, RejectedRecord):
             rejected.append(outcome)
         elif outcome.record_id in valid:

@@ -82,17 +82,20 @@ def load_pipeline_parts(folder: Path, unet_folder: Path | None = None) -> Pipeli
     )
 
 
+def tokenize_captions(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids padded/truncated to the tokenizer's max length, as Stable Diffusion does."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 @torch.no_grad()
 def encode_captions(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
-    """CLIP last hidden states, padded to the tokenizer's max length as Stable Diffusion does."""
-    tokens = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    return text_encoder(tokens.input_ids.to(device))[0]
+    """CLIP last hidden states of the padded captions."""
+    return text_encoder(tokenize_captions(tokenizer, captions).to(device))[0]
 
 
-def assemble_pipeline_folder(base_folder: Path, unet_folder: Path, destination: Path) -> None:
-    """Write a complete diffusers folder: the base's parts with `unet_folder` as its UNet.
+def copy_pipeline_parts(base_folder: Path, destination: Path, replaced: tuple[str, ...] = ()) -> None:
+    """Copy the base pipeline's parts into `destination`, except those in `replaced` (written by the caller).
 
     Only parts named in model_index.json are copied, so stray files in a hub
     snapshot (full .ckpt exports, say) do not bloat the model artifact.
@@ -101,8 +104,26 @@ def assemble_pipeline_folder(base_folder: Path, unet_folder: Path, destination: 
     destination.mkdir(parents=True, exist_ok=True)
     shutil.copy2(base_folder / "model_index.json", destination / "model_index.json")
     for part, spec in index.items():
-        if part.startswith("_") or not isinstance(spec, list) or spec[0] is None or part == "unet":
+        if part.startswith("_") or not isinstance(spec, list) or spec[0] is None or part in replaced:
             continue
         if (base_folder / part).is_dir():
             shutil.copytree(base_folder / part, destination / part, symlinks=False, dirs_exist_ok=True)
-    shutil.copytree(unet_folder, destination / "unet", dirs_exist_ok=True)
+
+
+def load_trained_parts(folder: Path) -> tuple[UNet2DConditionModel, CLIPTextModel | None]:
+    """The UNet of a model folder (with its LoRA adapter applied, if it has one) and its text encoder
+    when it differs from the cached embeddings' (trained, or adapted by LoRA); else None."""
+    from diffusers import StableDiffusionPipeline
+
+    from trainflow.diffusion.lora import LORA_WEIGHTS_FILE
+
+    folder = Path(folder)
+    if (folder / LORA_WEIGHTS_FILE).is_file():
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+        pipe.load_lora_weights(folder)
+        adapted_text = any("lora" in name for name, _ in pipe.text_encoder.named_parameters())
+        return pipe.unet, pipe.text_encoder if adapted_text else None
+    record = folder / "trainflow_training.json"
+    trained_text = record.is_file() and json.loads(record.read_text()).get("train_config", {}).get("diffusion", {}).get("train_text_encoder", False)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    return unet, CLIPTextModel.from_pretrained(folder / "text_encoder") if trained_text else None

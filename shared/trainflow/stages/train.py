@@ -1,4 +1,4 @@
-"""Stage 3: fine-tune the UNet on cached latents; output the best checkpoint as a diffusers folder."""
+"""Stage 3: train the configured task on the cache; output the best checkpoint as the model folder."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from trainflow.artifacts import ArtifactLike, timed_stage
-from trainflow.atomic_files import atomic_directory, atomic_write_json
-from trainflow.config import ModelConfig, TrainConfig, parse_section
-from trainflow.diffusion.finetune_recipe import TextToImageFinetune
-from trainflow.diffusion.model_loading import assemble_pipeline_folder, resolve_pipeline_folder
+from trainflow.training.run_training import TRAINING_RECORD, TrainRequest, run_training
 
-TRAINING_RECORD = "trainflow_training.json"
+__all__ = ["TRAINING_RECORD", "train"]
 
 
 def train(
+    task: str,
     cache_dir: str,
     model_config: dict[str, Any],
     config: dict[str, Any],
@@ -22,41 +20,27 @@ def train(
     model: ArtifactLike,
     metrics: ArtifactLike,
     checkpoint_dir: str = "",
+    logs: ArtifactLike | None = None,
 ) -> dict[str, Any]:
-    """Train, then write `model.path` as a complete diffusers pipeline whose UNet is the best epoch's.
+    """Train with validation, early stopping and checkpoints; resume from `checkpoint_dir` if it holds a run.
 
-    Inputs: the build_cache output, the `model` and `train` config sections, the run seed.
-    `checkpoint_dir` holds best/ and last/ checkpoints (default: beside the model artifact).
-    Outputs: `model` metadata says best_epoch and stop_reason; `metrics` holds the losses.
-    The model folder also carries trainflow_training.json (history, config, stop reason).
+    Inputs: the build_cache output, the `model` and `train` sections, the run seed.
+    `checkpoint_dir` (default: beside the model artifact) is where checkpoints live;
+    a retried or re-run stage resumes from the newest complete one.
+    Outputs: `model` (the best checkpoint, exported by the task; trainflow_training.json
+    records history and why training stopped), `metrics`, and TensorBoard events in `logs`.
     """
-    cfg: TrainConfig = parse_section(TrainConfig, config, "the train section")
-    model_cfg: ModelConfig = parse_section(ModelConfig, model_config, "the model section")
     with timed_stage("train", model, metrics):
-        base_folder = resolve_pipeline_folder(model_cfg.base, model_cfg.revision)
         checkpoints = Path(checkpoint_dir) if checkpoint_dir else Path(model.path).parent / "checkpoints"
-        recipe = TextToImageFinetune(cfg, base_folder, Path(cache_dir), checkpoints, seed)
-        recipe.setup()
-        outcome = recipe.train()
-        summary = {
-            "best_epoch": outcome.best_epoch,
-            "best_val_loss": outcome.best_val_loss,
-            "epochs_run": outcome.epochs_run,
-            "stop_reason": outcome.stop_reason,
-            "mixed_precision": outcome.mixed_precision,
-            "device": outcome.device,
-            "base_model": model_cfg.base,
-        }
-        if recipe.accelerator.is_main_process:
-            with atomic_directory(model.path) as staging:
-                assemble_pipeline_folder(base_folder, outcome.best_checkpoint / "unet", staging)
-                atomic_write_json(staging / TRAINING_RECORD, {**summary, "history": outcome.history, "train_config": cfg.model_dump(mode="json")})
-        model.metadata.update(summary)
-        metrics.metadata.update({
-            "best_val_loss": outcome.best_val_loss,
-            "best_epoch": outcome.best_epoch,
-            "epochs_run": outcome.epochs_run,
-            "final_train_loss": outcome.history[-1]["train_loss"],
+        request = TrainRequest.model_validate({
+            "task": task, "cache_dir": cache_dir, "model_config": model_config, "train_config": config, "seed": seed,
+            "checkpoint_dir": str(checkpoints), "output_dir": model.path,
+            "tensorboard_dir": logs.path if logs is not None else None,
         })
-        print(f"train: {outcome.stop_reason}; best epoch {outcome.best_epoch} (val_loss {outcome.best_val_loss:.5f})")
+        summary = run_training(request)
+        model.metadata.update({k: v for k, v in summary.items() if v is not None})
+        metrics.metadata.update({k: summary[k] for k in ("best_value", "best_step", "best_epoch", "steps_run", "epochs_run")
+                                 if summary.get(k) is not None})
+        metrics.metadata["monitor"] = summary["monitor"]
+        metrics.metadata["stop_reason"] = summary["stop_reason"]
     return summary

@@ -1,0 +1,54 @@
+"""The `cache`, `evaluate` and `score` sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from trainflow.config.schema_base import Section
+
+
+class CacheConfig(Section):
+    batch_size: int = Field(16, ge=1)
+    storage_dtype: Literal["float16", "float32"] = "float16"
+    device: str = "auto"
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(32, ge=1)
+    device: str = "auto"
+    bootstrap_resamples: int = Field(1000, ge=0, description="Seeded bootstrap resamples for 95% intervals; 0 turns intervals off.")
+
+
+class FeatureExtractorConfig(Section):
+    kind: Literal["inception", "classifier"] = "inception"
+    # inception: optional explicit weights file (else TORCH_HOME's pytorch-fid file);
+    # classifier: a trainflow classifier folder (config.json + model.safetensors).
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _classifier_needs_path(self) -> "FeatureExtractorConfig":
+        if self.kind == "classifier" and not self.path:
+            raise ValueError("kind 'classifier' needs 'path' (a trainflow classifier folder)")
+        return self
+
+
+class GenerationConfig(Section):
+    num_inference_steps: int = Field(30, ge=1)
+    guidance_scale: float = Field(7.5, ge=1.0)
+    sampler: Literal["dpm_solver", "ddim", "ddpm"] = "dpm_solver"
+    batch_size: int = Field(8, ge=1)
+    max_prompts: int | None = Field(None, ge=2, description="Score on at most this many test captions.")
+
+
+class ScoreConfig(Section):
+    generation: GenerationConfig = GenerationConfig()
+    fid_features: FeatureExtractorConfig = FeatureExtractorConfig()
+    # Optional metrics: when their weights are missing they are reported as skipped.
+    clip_model: str | None = Field(None, description="CLIP model folder or hub id, e.g. openai/clip-vit-large-patch14.")
+    lpips: bool = True
+    prompt_classifier: str | None = Field(None, description="Classifier folder for prompt accuracy (needs labels in the data).")
+    compare_with_base: bool = True
+    grid_size: int = Field(8, ge=1, le=64, description="Captions shown in the HTML sample grid.")
+    device: str = "auto"

@@ -1,0 +1,21 @@
+"""The `model` section: a diffusers base pipeline, or a supervised architecture by name."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from trainflow.config.schema_base import Section
+
+
+class ModelConfig(Section):
+    # Text-to-image: the base diffusers pipeline.
+    base: str | None = Field(None, description="Base diffusers pipeline: a local folder or a Hugging Face hub id (resolved through HF_HOME).")
+    revision: str | None = None
+    # Supervised tasks: an architecture by name.
+    architecture: str | None = Field(
+        None, description="small_cnn, mlp, seg_cnn, or a torchvision model name such as resnet18 / fcn_resnet50.")
+    pretrained: bool = Field(False, description="torchvision architectures: start from ImageNet weights in TORCH_HOME (never downloaded).")
+    weights_path: str | None = Field(None, description="Explicit pretrained weights file (.safetensors or a torchvision .pth state dict).")
+    hidden_sizes: list[int] = Field([128, 64], description="mlp: hidden layer widths.")
+    width: int = Field(32, ge=4, description="small_cnn / seg_cnn: channels of the first stage.")
+    dropout: float = Field(0.0, ge=0, lt=1)

@@ -1,0 +1,161 @@
+"""The `train` section: the engine's settings (shared by every task) plus task-specific blocks."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from trainflow.config.schema_base import Section
+
+SCHEDULES = (
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+    "one_cycle", "step", "reduce_on_plateau",
+)
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop.")
+    nesterov: bool = False
+    # Norm weights and biases are usually excluded from weight decay; turn off to decay everything.
+    no_decay_on_norms_and_biases: bool = True
+    # Learning rate per module, by parameter-name prefix (longest prefix wins), e.g. {"head": 1e-2}.
+    module_learning_rates: dict[str, float] = {}
+
+
+class ScheduleConfig(Section):
+    """Counted in optimizer steps, so accumulation and world size neither stretch nor shrink it."""
+
+    name: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+        "one_cycle", "step", "reduce_on_plateau",
+    ] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    num_cycles: float = Field(1.0, gt=0, description="cosine_with_restarts: number of restarts (cosine: 0.5 = half wave).")
+    power: float = Field(1.0, gt=0, description="polynomial decay power.")
+    lr_end: float = Field(1e-7, ge=0, description="polynomial: final learning rate.")
+    step_size: int = Field(1000, ge=1, description="step: optimizer steps between decays.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step and reduce_on_plateau: decay factor.")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="one_cycle: share of steps spent increasing.")
+    plateau_patience: int = Field(2, ge=0, description="reduce_on_plateau: validations without improvement before decaying.")
+
+
+class ValidationConfig(Section):
+    every_n_steps: int | None = Field(None, ge=1, description="Validate every N optimizer steps (in addition to epoch ends if every_epoch).")
+    every_epoch: bool = True
+
+    @model_validator(mode="after")
+    def _some_validation(self) -> "ValidationConfig":
+        if not self.every_epoch and self.every_n_steps is None:
+            raise ValueError("set every_n_steps or every_epoch: training needs validation for early stopping and the best checkpoint")
+        return self
+
+
+class PlateauRule(Section):
+    window: int = Field(5, ge=2, description="Validations to look back over.")
+    threshold: float = Field(1e-3, gt=0, description="Stop when the relative change over the window is below this.")
+
+
+class OverfittingRule(Section):
+    window: int = Field(3, ge=2, description="Stop when, over this many validations, validation worsens while training improves.")
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = Field("val_loss", description="Any logged validation metric, e.g. val_loss, val_accuracy, val_f1_macro.")
+    mode: Literal["min", "max"] | None = Field(None, description="Default: max for accuracy/F1/IoU/R2-like metrics, min otherwise.")
+    patience: int | None = Field(5, ge=1, description="Validations without an improvement of more than min_delta before stopping; null turns it off.")
+    min_delta: float = Field(0.0, ge=0, description="Decides patience only; the best checkpoint is always the best value.")
+    plateau: PlateauRule | None = None
+    overfitting: OverfittingRule | None = None
+    divergence_factor: float | None = Field(None, gt=1, description="min mode: stop when the metric exceeds factor × best (max mode: falls below best / factor).")
+    target: float | None = Field(None, description="Stop as soon as the monitored metric reaches this value.")
+
+
+class CheckpointConfig(Section):
+    every_n_steps: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer steps (always at each epoch end).")
+    keep_top_k: int = Field(1, ge=1, description="Keep the k best checkpoints by the monitored metric, plus the newest.")
+    total_limit: int = Field(3, ge=2, description="Never keep more than this many checkpoints.")
+
+
+class LoggingConfig(Section):
+    every_n_steps: int = Field(10, ge=1, description="TensorBoard/MLflow scalars every N optimizer steps.")
+    tensorboard: bool = True
+    mlflow: bool = Field(False, description="Log step metrics to MLflow (needs MLFLOW_TRACKING_URI or register.tracking_uri).")
+
+
+class EmaConfig(Section):
+    decay: float = Field(0.9999, gt=0, lt=1)
+    # Validation and the exported model use the EMA weights when EMA is on.
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1)
+    alpha: float | None = Field(None, gt=0, description="Default: equal to rank.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    merge: bool = Field(False, description="Export a full UNet with the adapter merged instead of the adapter file.")
+
+
+class DiffusionTrainingConfig(Section):
+    # Share of training captions replaced by the empty caption, so the model also
+    # learns the unconditional prediction that classifier-free guidance needs.
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (5.0 is the usual value).")
+    noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0.05-0.1 helps very dark/bright images).")
+    input_perturbation: float = Field(0.0, ge=0, description="Extra noise on the noisy input (0.1 in the paper).")
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    train_text_encoder: bool = False
+    text_encoder_learning_rate: float | None = Field(None, gt=0, description="Default: the optimizer's learning rate.")
+
+
+class LossConfig(Section):
+    name: Literal["cross_entropy", "focal", "mse", "l1", "huber", "cross_entropy_dice", "custom"] | None = Field(
+        None, description="Default: cross_entropy (classification), mse (regression), cross_entropy_dice (segmentation).")
+    class_weights: Literal["balanced"] | list[float] | None = Field(None, description="'balanced' = inverse class frequency in the train split.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    huber_delta: float = Field(1.0, gt=0)
+    target_weights: list[float] | None = Field(None, description="Regression: weight per target column.")
+    dice_weight: float = Field(1.0, ge=0, description="Segmentation: weight of the Dice term beside cross-entropy.")
+    custom: str | None = Field(None, description="'package.module:function' taking (outputs, targets) and returning a scalar loss.")
+
+    @model_validator(mode="after")
+    def _custom_needs_path(self) -> "LossConfig":
+        if (self.name == "custom") != (self.custom is not None):
+            raise ValueError("name: custom and custom: 'package.module:function' go together")
+        return self
+
+
+class TrainConfig(Section):
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides max_epochs for the schedule).")
+    batch_size: int = Field(8, ge=1, description="Micro-batch per process; effective batch = batch_size × gradient_accumulation × world size.")
+    gradient_accumulation: int = Field(1, ge=1)
+    effective_batch_size: int | None = Field(
+        None, ge=1, description="If set, gradient_accumulation is derived: effective / (batch_size × world size), which must divide exactly.")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    grad_clip_norm: float = Field(1.0, ge=0, description="Max gradient norm; 0 turns clipping off.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    ema: EmaConfig | None = None
+    validation: ValidationConfig = ValidationConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoints: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    diffusion: DiffusionTrainingConfig = DiffusionTrainingConfig()
+    loss: LossConfig = LossConfig()
+    num_workers: int = Field(0, ge=0)
+    deterministic: bool = Field(False, description="Deterministic algorithms (bitwise-reproducible on CPU; slower on GPU).")
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _plateau_schedule_needs_validation(self) -> "TrainConfig":
+        if self.schedule.name == "one_cycle" and self.schedule.warmup_steps:
+            raise ValueError("schedule.warmup_steps: one_cycle has its own warm-up (pct_start); leave warmup_steps at 0")
+        return self

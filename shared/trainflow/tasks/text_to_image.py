@@ -1,0 +1,132 @@
+"""Text-to-image fine-tuning of a Stable-Diffusion-architecture UNet on cached latents.
+
+The VAE never runs here: the cache holds each image's posterior and each
+caption's embedding (and token ids, for training the text encoder). Options:
+epsilon or v-prediction (from the base scheduler), min-SNR-gamma weighting,
+offset noise, input perturbation, caption dropout for classifier-free guidance,
+LoRA through peft, gradient checkpointing, text-encoder training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextModel
+
+from trainflow.config import DiffusionTrainingConfig
+from trainflow.diffusion.denoising_loss import (
+    check_prediction_type, diffusion_target, fixed_noise_record_losses, per_record_loss,
+)
+from trainflow.diffusion.latent_cache import (
+    CachedLatents, read_cache_attrs, read_uncond_embedding, read_uncond_input_ids, sample_latents,
+)
+from trainflow.diffusion.lora import LORA_WEIGHTS_FILE, add_lora, merged_unet_folder, save_lora_adapter
+from trainflow.diffusion.model_loading import copy_pipeline_parts
+
+VALIDATION_SEED_OFFSET = 1_000_003  # validation noise differs from the test split's, fixed per record
+
+
+class DiffusionModel(nn.Module):
+    """What training changes: the UNet, and the text encoder when it is trained."""
+
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def encoder_states(self, text: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(input_ids)[0] if self.text_encoder is not None else text
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, encoder_hidden_states=self.encoder_states(text, input_ids)).sample
+
+
+class TextToImageTask:
+    name = "text_to_image"
+
+    def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int) -> None:
+        self.base_folder, self.cache_dir, self.cfg, self.seed = Path(base_folder), Path(cache_dir), cfg, seed
+        self.scaling_factor = float(read_cache_attrs(cache_dir)["scaling_factor"])
+        self.uncond_text = read_uncond_embedding(cache_dir)
+        self.uncond_ids = read_uncond_input_ids(cache_dir)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(self.base_folder / "scheduler")
+        self.prediction_type = check_prediction_type(self.noise_scheduler, f"{self.base_folder / 'scheduler'}")
+
+    # ------------------------------------------------------------ model and data
+    def build_model(self) -> DiffusionModel:
+        unet = UNet2DConditionModel.from_pretrained(self.base_folder / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(self.base_folder / "text_encoder") if self.cfg.train_text_encoder else None
+        if self.cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if text_encoder is not None:
+                text_encoder.gradient_checkpointing_enable()
+        if self.cfg.lora is not None:
+            add_lora(unet, self.cfg.lora, text_encoder)
+        model = DiffusionModel(unet, text_encoder)
+        return model.train()
+
+    def train_dataset(self) -> CachedLatents:
+        return CachedLatents(self.cache_dir, "train")
+
+    def val_dataset(self) -> CachedLatents:
+        return CachedLatents(self.cache_dir, "val")
+
+    def learning_rates(self) -> dict[str, float]:
+        if self.cfg.train_text_encoder and self.cfg.text_encoder_learning_rate is not None:
+            return {"text_encoder": self.cfg.text_encoder_learning_rate}
+        return {}
+
+    # ------------------------------------------------------------ steps
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg, scheduler = self.cfg, self.noise_scheduler
+        moments = batch["moments"]
+        size = moments.shape[0]
+        latents = sample_latents(moments, self.scaling_factor, torch.randn_like(moments[:, : moments.shape[1] // 2]))
+        noise = torch.randn_like(latents)
+        if cfg.noise_offset:
+            noise = noise + cfg.noise_offset * torch.randn(size, latents.shape[1], 1, 1, device=latents.device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), device=latents.device)
+        model_noise = noise + cfg.input_perturbation * torch.randn_like(noise) if cfg.input_perturbation else noise
+        noisy = scheduler.add_noise(latents, model_noise, timesteps)
+        text, input_ids = batch["text"], batch["input_ids"]
+        if cfg.caption_dropout > 0:
+            drop = torch.rand(size, device=latents.device) < cfg.caption_dropout
+            text = torch.where(drop[:, None, None], self.uncond_text.to(text.device, text.dtype).expand_as(text), text)
+            input_ids = torch.where(drop[:, None], self.uncond_ids.to(input_ids.device).expand_as(input_ids), input_ids)
+        prediction = model(noisy, timesteps, text, input_ids)
+        target = diffusion_target(scheduler, latents, noise, timesteps)
+        return per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma).mean()
+
+    def validation_step(self, model: DiffusionModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        states = model.encoder_states(batch["text"], batch["input_ids"])
+        losses = fixed_noise_record_losses(model.unet, self.noise_scheduler, batch["moments"], states, batch["index"],
+                                           self.scaling_factor, self.seed + VALIDATION_SEED_OFFSET)
+        return {"loss_sum": losses.sum(), "count": torch.tensor(float(losses.numel()), device=losses.device)}
+
+    def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"loss": float(totals["loss_sum"] / totals["count"])}
+
+    # ------------------------------------------------------------ export
+    def export(self, model: DiffusionModel, folder: Path) -> None:
+        """A complete diffusers pipeline folder: the base's parts plus what training changed."""
+        folder = Path(folder)
+        trained_text = model.text_encoder is not None
+        if self.cfg.lora is not None and not self.cfg.lora.merge:
+            copy_pipeline_parts(self.base_folder, folder)
+            save_lora_adapter(folder, model.unet, model.text_encoder)
+            return
+        replaced = ("unet", "text_encoder") if trained_text else ("unet",)
+        copy_pipeline_parts(self.base_folder, folder, replaced=replaced)
+        if self.cfg.lora is not None:
+            merged_unet_folder(self.base_folder, model.unet, model.text_encoder, folder)
+            return
+        model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        if trained_text:
+            model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+
+
+def has_lora_adapter(model_folder: Path) -> bool:
+    return (Path(model_folder) / LORA_WEIGHTS_FILE).is_file()

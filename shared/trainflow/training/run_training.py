@@ -1,0 +1,79 @@
+"""Train one task from a cache into a model folder: what the train stage and `trainflow train-worker` share.
+
+The request is plain JSON (it travels to PyTorchJob/TrainJob pods as a file on
+the shared workspace). Every process runs this; only rank 0 writes the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from trainflow.atomic_files import atomic_directory, atomic_write_json
+from trainflow.config import ModelConfig, TrainConfig, check_task_fit, parse_section, section_payload
+from trainflow.config.schema_base import Section
+from trainflow.errors import ConfigError
+from trainflow.training.engine import Trainer, TrainingOutcome
+from trainflow.training.run_identity import RunIdentity
+
+TRAINING_RECORD = "trainflow_training.json"
+
+
+class TrainRequest(Section):
+    task: str
+    cache_dir: str
+    model_config_section: dict[str, Any] = Field(alias="model_config")
+    train_config: dict[str, Any]
+    seed: int = 0
+    checkpoint_dir: str
+    output_dir: str = Field(description="Where rank 0 writes the model folder (replaced atomically).")
+    tensorboard_dir: str | None = None
+
+
+def read_dataset_hash(cache_dir: Path) -> str:
+    from trainflow.data.cache_attrs import read_cache_dataset_hash
+
+    return read_cache_dataset_hash(cache_dir)
+
+
+def run_training(request: TrainRequest) -> dict[str, Any]:
+    """Train, export the best checkpoint to request.output_dir (rank 0), return the summary facts."""
+    from trainflow.tasks import build_task
+
+    cfg: TrainConfig = parse_section(TrainConfig, request.train_config, "the train section")
+    model_cfg: ModelConfig = parse_section(ModelConfig, request.model_config_section, "the model section")
+    try:
+        check_task_fit(request.task, None, model_cfg, cfg)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    cache_dir = Path(request.cache_dir)
+    task = build_task(request.task, cache_dir, model_cfg, cfg, request.seed)
+    identity = RunIdentity.build(request.task, request.seed, section_payload(model_cfg), section_payload(cfg),
+                                 read_dataset_hash(cache_dir))
+    trainer = Trainer(task, cfg, Path(request.checkpoint_dir), request.seed, identity,
+                      tensorboard_dir=Path(request.tensorboard_dir) if request.tensorboard_dir else None)
+    outcome = trainer.fit()
+    summary = training_summary(request.task, outcome, model_cfg)
+    if trainer.info.is_main:
+        with atomic_directory(request.output_dir) as staging:
+            trainer.export_best(staging)
+            atomic_write_json(staging / TRAINING_RECORD, {
+                **summary, "history": outcome.history, "train_config": section_payload(cfg),
+                "model_config": section_payload(model_cfg),
+                "best_checkpoint": str(outcome.best_checkpoint), "last_checkpoint": str(outcome.last_checkpoint),
+            })
+        print(f"train: {outcome.stop_reason}; best {outcome.monitor} {outcome.best_value:.5g} at step {outcome.best_step} "
+              f"(epoch {outcome.best_epoch})", flush=True)
+    return summary
+
+
+def training_summary(task: str, outcome: TrainingOutcome, model_cfg: ModelConfig) -> dict[str, Any]:
+    facts = {k: v for k, v in dataclasses.asdict(outcome).items()
+             if k not in ("history", "best_checkpoint", "last_checkpoint", "resumed_from")}
+    facts.update({"task": task, "resumed_from": outcome.resumed_from or ""})
+    if model_cfg.base:
+        facts["base_model"] = model_cfg.base
+    return facts

@@ -1,0 +1,75 @@
+"""Small tasks for engine tests: real data (scikit-learn's wine), no dropout, so runs compare exactly.
+
+Importable by subprocesses (torchrun, kill-and-resume drivers) with tests/ on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from sklearn.datasets import load_wine
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class TableDataset(Dataset):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"x": self.features[index], "y": self.labels[index]}
+
+
+class WineTask:
+    """Classify scikit-learn's wine table with a small MLP (standardised features)."""
+
+    name = "classification"
+
+    def __init__(self, train_records: int = 120, fail_when_batch_larger_than: int | None = None) -> None:
+        data = load_wine()
+        x = torch.tensor(data.data, dtype=torch.float32)
+        x = (x - x.mean(0)) / x.std(0)
+        y = torch.tensor(data.target, dtype=torch.long)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        x, y = x[order], y[order]
+        self.train = TableDataset(x[:train_records], y[:train_records])
+        self.val = TableDataset(x[train_records:], y[train_records:])
+        self.fail_when_batch_larger_than = fail_when_batch_larger_than
+        self.batch_sizes_seen: list[int] = []
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def train_dataset(self) -> Dataset:
+        return self.train
+
+    def val_dataset(self) -> Dataset:
+        return self.val
+
+    def learning_rates(self) -> dict[str, float]:
+        return {}
+
+    def training_step(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        self.batch_sizes_seen.append(len(batch["y"]))
+        if self.fail_when_batch_larger_than is not None and len(batch["y"]) > self.fail_when_batch_larger_than:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
+        return nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+
+    def validation_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        logits = model(batch["x"])
+        losses = nn.functional.cross_entropy(logits, batch["y"], reduction="none")
+        return {"loss_sum": losses.sum(), "count": torch.tensor(float(len(losses))),
+                "correct": (logits.argmax(1) == batch["y"]).sum().float()}
+
+    def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"loss": float(totals["loss_sum"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"])}
+
+    def export(self, model: nn.Module, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(folder) / "model.safetensors"))
