@@ -232,8 +232,10 @@ def _resampled_ece(probabilities, labels, predictions, counts) -> torch.Tensor:
     """Top-label ECE with torchmetrics' binning: bucketize(confidence, linspace(0, 1, 16), right=True) - 1."""
     confidence = probabilities.max(dim=1).values
     correct = (predictions == labels).to(torch.float64)
-    boundaries = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)
-    bins = torch.nn.functional.one_hot(torch.bucketize(confidence, boundaries, right=True) - 1, ECE_BINS + 1).to(torch.float64)
+    # torchmetrics bins float32 confidences; do the same so a confidence on a bin edge lands in the same bin.
+    boundaries = torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float32)
+    bin_index = torch.bucketize(confidence.float(), boundaries, right=True) - 1
+    bins = torch.nn.functional.one_hot(bin_index, ECE_BINS + 1).to(torch.float64)
     gap_per_bin = counts @ (bins * (correct - confidence)[:, None])  # sum of (correct - confidence) per bin
     return gap_per_bin.abs().sum(dim=1) / probabilities.shape[0]
 
@@ -253,31 +255,46 @@ def _resampled_ranking(probabilities, labels, counts) -> dict[str, torch.Tensor]
 def _weighted_auc_ap(scores: torch.Tensor, positive: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ROC-AUC and average precision (B, K) of K one-vs-rest problems (K, N) for B resamples.
 
-    A record drawn k times is k tied records, so each resample is the full-data
-    curve with record weights. As in scikit-learn, tied scores form one threshold;
-    walking the thresholds from the highest score down, AP sums (recall step) x
-    precision and ROC-AUC is the trapezoidal area (a tied positive/negative pair
-    counts one half). Cumulative sums are read at the last record of each threshold.
+    A record drawn k times is k tied records, so a resample is the full-data
+    ranking with record weights. As in scikit-learn, tied scores form one
+    threshold. Summing over positive records p (weight w_p):
+      AP  = sum w_p * precision at p's threshold / positives, with precision =
+            positives / records scoring >= that threshold;
+      AUC = sum w_p * (negatives scoring below p + half those tied with p) / (positives x negatives),
+    which equals scikit-learn's step-wise AP and trapezoidal ROC-AUC.
     """
+    classes, records = scores.shape
     order = torch.argsort(scores, dim=1, descending=True)
     ordered = scores.gather(1, order)
-    tie_next = ordered[:, 1:] == ordered[:, :-1]
-    last = torch.cat([~tie_next, torch.ones_like(tie_next[:, :1])], dim=1)  # (K, N): ends a threshold
-    # Position (in a zero-prepended cumulative sum) of the previous threshold's end, for every record.
-    ends = torch.where(last, torch.arange(1, scores.shape[1] + 1), torch.zeros_like(order))
-    previous_end = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1).cummax(dim=1).values
+    is_pos = positive.gather(1, order)
+    position = torch.arange(records).expand(classes, records)
+    differs = ordered[:, 1:] != ordered[:, :-1]
+    edge = torch.ones(classes, 1, dtype=torch.bool)
+    # First and last sorted position of each record's threshold (its run of tied scores).
+    start = torch.where(torch.cat([edge, differs], dim=1), position, 0).cummax(dim=1).values
+    end = torch.where(torch.cat([differs, edge], dim=1), position, records - 1).flip(1).cummin(dim=1).values.flip(1)
+    # Sorted positions of the positives, padded to the largest class.
+    positives = is_pos.sum(dim=1)
+    width = max(int(positives.max()), 1)
+    pos_at = torch.argsort((~is_pos).to(torch.int8), dim=1, stable=True)[:, :width]
+    real = torch.arange(width)[None, :] < positives[:, None]
+
     weights = counts[:, order]  # (B, K, N)
-    true_pos = (weights * positive.gather(1, order)).cumsum(dim=2)
+    true_pos = (weights * is_pos).cumsum(dim=2)
     drawn = weights.cumsum(dim=2)
-    false_pos = drawn - true_pos
-    pad = torch.zeros(*true_pos.shape[:2], 1, dtype=true_pos.dtype)
-    index = previous_end.expand_as(true_pos)
-    true_pos_before = torch.cat([pad, true_pos], dim=2).gather(2, index)
-    false_pos_before = torch.cat([pad, false_pos], dim=2).gather(2, index)
-    total_pos, total_neg = true_pos[:, :, -1], false_pos[:, :, -1]
-    precision = torch.where(drawn > 0, true_pos / drawn.clamp(min=1e-300), torch.zeros_like(drawn))
-    ap = (last * (true_pos - true_pos_before) * precision).sum(dim=2) / total_pos
-    auc = (last * (false_pos - false_pos_before) * (true_pos + true_pos_before) / 2).sum(dim=2) / (total_pos * total_neg)
+    shape = (counts.shape[0], classes, width)
+
+    def at(cumulative, index):  # cumulative sums at sorted positions (K, width); index -1 reads 0
+        padded = torch.cat([torch.zeros(*cumulative.shape[:2], 1, dtype=cumulative.dtype), cumulative], dim=2)
+        return padded.gather(2, (index + 1).expand(shape))
+
+    end_p, before_p = end.gather(1, pos_at), start.gather(1, pos_at) - 1
+    tp_end, drawn_end = at(true_pos, end_p), at(drawn, end_p)
+    neg_end, neg_before = drawn_end - tp_end, at(drawn, before_p) - at(true_pos, before_p)
+    weight = weights.gather(2, pos_at.expand(shape)) * real
+    total_pos, total_neg = true_pos[:, :, -1], drawn[:, :, -1] - true_pos[:, :, -1]
+    ap = (weight * tp_end / drawn_end.clamp(min=1)).sum(dim=2) / total_pos  # drawn_end >= 1 wherever weight > 0
+    auc = (weight * (total_neg[:, :, None] - (neg_end + neg_before) / 2)).sum(dim=2) / (total_pos * total_neg)
     ap[total_pos == 0] = torch.nan
     auc[(total_pos == 0) | (total_neg == 0)] = torch.nan
     return auc, ap
