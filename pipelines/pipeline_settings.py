@@ -1,17 +1,119 @@
-"""What both pipelines share: GPU node settings and the mapping from a run config to parameters."""
+"""What both pipelines share: how each task's pod is set up, and the mapping from a run config to parameters.
+
+The `platform` section of the run config is a compile-time setting (volume names, node pool,
+Secret name are fixed in the pipeline spec), so the pipelines are built by factories from
+`PodSettings`: `PodSettings.for_config(config)` for a cluster, `PodSettings()` (no platform)
+for kfp.local, which ignores Kubernetes settings but would apply a task's environment.
+
+Volumes are kfp-kubernetes mounts of named PVCs (manifests/: trainflow-workspace,
+trainflow-datasets, trainflow-weights-cache), not KFP 2.17's pipeline workspace
+(`dsl.PipelineConfig(workspace=...)`), because:
+1. the training pods of a PyTorchJob/TrainJob, which the train step creates, must mount the
+   workspace by claim name; the KFP workspace PVC is made per run under a name the backend
+   chooses and no component input carries;
+2. the weights cache and the datasets must outlive a run (seeded once, shared), while the
+   workspace PVC is deleted with its run; named PVCs are needed for them anyway;
+3. kfp.local deletes its workspace folder when a pipeline run ends, failed or not, so a local
+   re-run could not resume training from it.
+The cost: checkpoints stay on the workspace under runs/<KFP run id>/ until someone prunes them.
+
+Retries: KFP 2.17's retry policy has a count and a backoff but no exit-code filter, so a user
+error (exit code 2, see trainflow.stage_runner) in a retried task would be retried. Every
+pipeline therefore starts with `preflight`, a small CPU task without retries that checks the
+config, the data path, the weights and the workspace; ingest waits for it and every other task
+waits for ingest, so the tasks that retry (GPU stages: infrastructure failures; register:
+MLflow outages; the distributed launcher: it re-attaches to its job) only start on a run that
+passed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from kfp import dsl, kubernetes
 
+from components.component_defaults import TRAINFLOW_IMAGE
+
 GPU_RESOURCE = "nvidia.com/gpu"
+SHM_VOLUME = "dshm"
 
 
-def on_gpu_node(task: dsl.PipelineTask, cpu: str, memory: str, retries: int) -> dsl.PipelineTask:
-    """One NVIDIA GPU, CPU/memory requests, retries with backoff, and the usual GPU-node taint toleration."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+@dataclass(frozen=True)
+class PodSettings:
+    """What the compiled tasks get. platform=None: a kfp.local run (no volumes, secrets or env)."""
+
+    platform: Any = None  # trainflow.config.platform.PlatformConfig
+    image: str = TRAINFLOW_IMAGE
+    train_logs_to_mlflow: bool = False
+    distributed_train: bool = False
+
+    @classmethod
+    def for_config(cls, config: Any) -> "PodSettings":
+        """Cluster settings from a validated RunConfig: its platform section and train options."""
+        return cls(platform=config.platform, image=config.platform.image or TRAINFLOW_IMAGE,
+                   train_logs_to_mlflow=config.train.logging.mlflow,
+                   distributed_train=config.train.distributed is not None)
+
+    def platform_argument(self) -> dict[str, Any]:
+        """`platform=` for the preflight and train components: the section plus the image, or nothing locally."""
+        if self.platform is None:
+            return {}
+        from trainflow.config import section_payload
+
+        return {"platform": {**section_payload(self.platform), "image": self.image}}
+
+
+def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: str, gpu: bool = False,
+          shm: bool = False, retries: int = 0, volumes: bool = True, mlflow: bool = False) -> dsl.PipelineTask:
+    """Resources and retries always; on a cluster also the image, volumes, environment, GPU node pool and Secret.
+
+    gpu: one GPU, the platform's node selector and GPU tolerations. shm: a memory-backed /dev/shm
+    for DataLoader workers. volumes: the workspace, dataset and weights-cache PVCs (with HF_HOME and
+    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI and the MLflow Secret's keys
+    as optional env vars (values never pass through the pipeline spec).
+    """
     task.set_cpu_request(cpu).set_memory_request(memory)
-    task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
-    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    if gpu:
+        resource = settings.platform.gpu_resource if settings.platform is not None else GPU_RESOURCE
+        task.set_accelerator_type(resource).set_accelerator_limit(1)
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    platform = settings.platform
+    if platform is None:
+        return task
+    from trainflow.kubeflow.train_launch import worker_environment
+
+    if platform.image:
+        task.set_container_image(platform.image)
+    env, secrets = worker_environment(platform, with_mlflow=mlflow)
+    if not volumes:
+        env = {k: v for k, v in env.items() if k not in ("HF_HOME", "TORCH_HOME")}
+    for name, value in sorted(env.items()):
+        task.set_env_variable(name, value)
+    if secrets:
+        kubernetes.use_secret_as_env(task, secret_name=platform.mlflow_secret,
+                                     secret_key_to_env={entry.key: entry.name for entry in secrets}, optional=True)
+    if volumes:
+        _mount_volumes(task, platform)
+    if shm and platform.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
+                                   size_limit=platform.shm_size)
+    if gpu:
+        for key, value in sorted(platform.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in platform.gpu_tolerations:
+            kubernetes.add_toleration(task, key=toleration.key, operator=toleration.operator, value=toleration.value,
+                                      effect=toleration.effect)
     return task
+
+
+def _mount_volumes(task: dsl.PipelineTask, platform: Any) -> None:
+    kubernetes.mount_pvc(task, pvc_name=platform.workspace_pvc, mount_path=platform.workspace_mount_path)
+    if platform.dataset_pvc:
+        kubernetes.mount_pvc(task, pvc_name=platform.dataset_pvc, mount_path=platform.dataset_mount_path)
+    if platform.weights_cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=platform.weights_cache_pvc, mount_path=platform.weights_cache_mount_path)
 
 
 def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:

@@ -1,9 +1,12 @@
 """The supervised pipeline: the same stage components as text-to-image, minus generation scoring.
 
-ingest_split -> build_cache -> train -> evaluate -> register_model
+preflight -> ingest_split -> build_cache -> train -> evaluate -> register_model
 
 Each stage picks its behaviour from the `task` parameter (classification,
 regression or segmentation); there is no copy of a component per task.
+As for text-to-image, `pipeline_for(config)` applies the config's `platform` section (what
+`trainflow compile` uses) and `supervised_pipeline` is the DAG without Kubernetes settings,
+for kfp.local; see pipelines/pipeline_settings.py for volumes and retries.
 """
 
 from typing import NamedTuple
@@ -14,13 +17,15 @@ from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Model
 from components.build_cache.component import build_cache
 from components.evaluate.component import evaluate
 from components.ingest_split.component import ingest_split
+from components.preflight.component import preflight
 from components.register_model.component import register_model
 from components.train.component import train
-from pipelines.pipeline_settings import on_gpu_node, pipeline_arguments
+from pipelines.pipeline_settings import PodSettings, pipeline_arguments, place
 
 PIPELINE_NAME = "trainflow-supervised"
 
-__all__ = ["PIPELINE_NAME", "SupervisedOutputs", "pipeline_arguments", "supervised_pipeline"]
+__all__ = ["PIPELINE_NAME", "SupervisedOutputs", "build_supervised_pipeline", "pipeline_arguments", "pipeline_for",
+           "supervised_pipeline"]
 
 
 class SupervisedOutputs(NamedTuple):
@@ -31,45 +36,70 @@ class SupervisedOutputs(NamedTuple):
     registration: Markdown
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Train a classifier, regressor or segmenter; evaluate on the test split; register it.")
-def supervised_pipeline(
-    run_name: str,
-    seed: int,
-    task: str,
-    ingest_config: dict,
-    model_config: dict,
-    cache_config: dict,
-    train_config: dict,
-    evaluate_config: dict,
-    register_config: dict,
-    params: dict,
-    checkpoint_dir: str = "",
-) -> SupervisedOutputs:
-    ingest_task = ingest_split(ingest_config=ingest_config, seed=seed, task=task)
-    # New data arrives under the same path: a cached ingest would silently reuse old data.
-    ingest_task.set_caching_options(False).set_cpu_request("2").set_memory_request("8G")
+def build_supervised_pipeline(settings: PodSettings):
+    """The pipeline with `settings` applied to every task (PodSettings() = no Kubernetes settings)."""
+    launcher_only = settings.distributed_train  # the train step then waits for a PyTorchJob/TrainJob on CPU
 
-    cache_task = build_cache(dataset=ingest_task.outputs["dataset"], model_config=model_config,
-                             cache_config=cache_config, task=task)
-    cache_task.set_cpu_request("4").set_memory_request("16G")
+    @dsl.pipeline(name=PIPELINE_NAME, description="Train a classifier, regressor or segmenter; evaluate on the test split; register it.")
+    def supervised_pipeline(
+        run_name: str,
+        seed: int,
+        task: str,
+        ingest_config: dict,
+        model_config: dict,
+        cache_config: dict,
+        train_config: dict,
+        evaluate_config: dict,
+        register_config: dict,
+        params: dict,
+        checkpoint_dir: str = "",
+    ) -> SupervisedOutputs:
+        checks = preflight(task=task, ingest_config=ingest_config, model_config=model_config, cache_config=cache_config,
+                           train_config=train_config, evaluate_config=evaluate_config, register_config=register_config,
+                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **settings.platform_argument())
+        # Never retried and never cached: it looks at the data and weights as they are now.
+        place(checks.set_caching_options(False), settings, cpu="1", memory="2G")
 
-    train_task = train(cache=cache_task.outputs["cache"], model_config=model_config, train_config=train_config,
-                       seed=seed, task=task, checkpoint_dir=checkpoint_dir)
-    on_gpu_node(train_task, cpu="8", memory="32G", retries=2)
+        ingest_task = ingest_split(ingest_config=ingest_config, seed=seed, task=task).after(checks)
+        # New data arrives under the same path: a cached ingest would silently reuse old data.
+        place(ingest_task.set_caching_options(False), settings, cpu="2", memory="8G")
 
-    evaluate_task = evaluate(cache=cache_task.outputs["cache"], model=train_task.outputs["model"],
-                             model_config=model_config, evaluate_config=evaluate_config, seed=seed, task=task)
-    evaluate_task.set_cpu_request("4").set_memory_request("16G")
+        cache_task = build_cache(dataset=ingest_task.outputs["dataset"], model_config=model_config,
+                                 cache_config=cache_config, task=task)
+        place(cache_task, settings, cpu="4", memory="16G", shm=True)
 
-    register_task = register_model(
-        dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
-        eval_metrics=evaluate_task.outputs["metrics"], register_config=register_config, run_name=run_name,
-        params=params,
-    )
-    register_task.set_cpu_request("1").set_memory_request("4G").set_retry(num_retries=3, backoff_duration="30s")
+        train_task = train(cache=cache_task.outputs["cache"], model_config=model_config, train_config=train_config,
+                           seed=seed, task=task, checkpoint_dir=checkpoint_dir, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                           task_name=dsl.PIPELINE_TASK_NAME_PLACEHOLDER, **settings.platform_argument())
+        if launcher_only:
+            place(train_task, settings, cpu="1", memory="4G", retries=2, mlflow=settings.train_logs_to_mlflow)
+        else:
+            place(train_task, settings, cpu="8", memory="32G", gpu=True, shm=True, retries=2,
+                  mlflow=settings.train_logs_to_mlflow)
 
-    return SupervisedOutputs(
-        dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
-        tensorboard=train_task.outputs["tensorboard"], eval_metrics=evaluate_task.outputs["metrics"],
-        registration=register_task.outputs["report"],
-    )
+        evaluate_task = evaluate(cache=cache_task.outputs["cache"], model=train_task.outputs["model"],
+                                 model_config=model_config, evaluate_config=evaluate_config, seed=seed, task=task)
+        place(evaluate_task, settings, cpu="4", memory="16G", shm=True)
+
+        register_task = register_model(
+            dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
+            eval_metrics=evaluate_task.outputs["metrics"], register_config=register_config, run_name=run_name,
+            params=params,
+        )
+        place(register_task, settings, cpu="1", memory="4G", retries=3, volumes=False, mlflow=True)
+
+        return SupervisedOutputs(
+            dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
+            tensorboard=train_task.outputs["tensorboard"], eval_metrics=evaluate_task.outputs["metrics"],
+            registration=register_task.outputs["report"],
+        )
+
+    return supervised_pipeline
+
+
+def pipeline_for(config):
+    """The pipeline to compile for a cluster: the config's platform section and train options applied."""
+    return build_supervised_pipeline(PodSettings.for_config(config))
+
+
+supervised_pipeline = build_supervised_pipeline(PodSettings())

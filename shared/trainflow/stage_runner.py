@@ -1,16 +1,47 @@
-"""Run a stage function from a component: a user error becomes one line and exit code 1."""
+"""Run a stage function from a component: a user error becomes one line and its own exit code.
+
+Exit codes, so that whoever reads them (a person, a PyTorchJob's ExitCode restart policy, a
+future KFP retry filter) can tell a user error from a crash:
+- USER_ERROR_EXIT_CODE (2): a UserFacingError (bad config, missing data or weights); retrying
+  cannot help. KFP 2.17's retry policy cannot filter on exit codes, so the pipelines also run a
+  cheap `preflight` task without retries before any task that retries (pipelines/pipeline_settings.py);
+- 1: any other exception, with its traceback (a bug, or an infrastructure failure);
+- CANCELLED_EXIT_CODE (143 = 128 + SIGTERM): the pod was told to stop (run cancelled, node
+  drained). SIGTERM is turned into SystemExit so `finally` blocks run: a launcher deletes its
+  training job, atomic writers remove their temporary folders.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any, Callable
 
 from trainflow.errors import UserFacingError
 
+USER_ERROR_EXIT_CODE = 2
+CANCELLED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+def _stop_on_sigterm(signum: int, _frame: Any) -> None:
+    print("trainflow: received SIGTERM; stopping and cleaning up", file=sys.stderr, flush=True)
+    raise SystemExit(CANCELLED_EXIT_CODE)
+
 
 def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call `stage(**kwargs)`; on UserFacingError print `trainflow: <stage> failed: <message>` and exit 2.
+
+    Returns what the stage returns. SIGTERM while it runs raises SystemExit(143) in the stage.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    except ValueError:  # not the main thread (e.g. a test calling a component's function): leave signals alone
+        previous = None
     try:
         return stage(**kwargs)
     except UserFacingError as exc:
         print(f"trainflow: {stage.__name__} failed: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from trainflow.config.evaluation import CacheConfig, EvaluateConfig, ScoreConfig
 from trainflow.config.ingest import IngestConfig
 from trainflow.config.model import ModelConfig
+from trainflow.config.platform import PlatformConfig
 from trainflow.config.registration import RegisterConfig
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section
 from trainflow.config.training import DiffusionTrainingConfig, LossConfig, TrainConfig
@@ -42,6 +43,8 @@ class RunConfig(Section):
     # 'register' clashes with ABCMeta.register on a pydantic model, so the
     # attribute is `registration` while the YAML key stays `register`.
     registration: RegisterConfig = Field(alias="register")
+    # How the compiled pipeline's pods are set up (volumes, secrets, node pools); local runs ignore it.
+    platform: PlatformConfig = PlatformConfig()
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> "RunConfig":

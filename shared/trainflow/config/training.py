@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from trainflow.config.platform import DistributedConfig
 from trainflow.config.schema_base import Section
 
 SCHEDULES = (
@@ -153,6 +154,7 @@ class TrainConfig(Section):
     num_workers: int = Field(0, ge=0)
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise-reproducible on CPU; slower on GPU).")
     device: str = "auto"
+    distributed: DistributedConfig | None = Field(None, description="Train on several pods through a PyTorchJob/TrainJob (cluster runs only).")
 
     @model_validator(mode="after")
     def _plateau_schedule_needs_validation(self) -> "TrainConfig":

@@ -12,7 +12,8 @@ import yaml
 
 from trainflow.errors import UserFacingError
 
-# --pipeline choice -> (module, pipeline function); each module also has pipeline_arguments(config).
+# --pipeline choice -> (module, pipeline function); each module also has pipeline_arguments(config)
+# and may have pipeline_for(config), which builds the pipeline function for that config.
 PIPELINES: dict[str, tuple[str, str]] = {
     "text-to-image": ("pipelines.text_to_image", "text_to_image_pipeline"),
     "supervised": ("pipelines.supervised", "supervised_pipeline"),
@@ -48,9 +49,10 @@ def compile_pipeline_package(config: Any, pipeline: str, output: Path) -> Path:
         ) from None
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(
-        getattr(module, function_name), str(output), pipeline_parameters=module.pipeline_arguments(config)
-    )
+    # A module with `pipeline_for(config)` builds its pipeline from the config's compile-time `platform` section.
+    factory = getattr(module, "pipeline_for", None)
+    pipeline_func = factory(config) if factory is not None else getattr(module, function_name)
+    compiler.Compiler().compile(pipeline_func, str(output), pipeline_parameters=module.pipeline_arguments(config))
     return output
 
 

@@ -1,0 +1,195 @@
+"""The train step as its component runs it: in this process, or as a PyTorchJob/TrainJob it launches.
+
+Without `train.distributed` this is `trainflow.stages.train.train`, with the checkpoints moved
+onto the shared workspace on a cluster (`<workspace>/runs/<KFP run id>/<task>/checkpoints`), so
+a retried pod of the same run resumes from them and a new run starts fresh.
+
+With `train.distributed` the step only launches and waits (a CPU pod): it puts what the training
+pods read on the workspace (the cache, unless it already lies on a mounted volume; the
+TrainRequest), starts the job named after the KFP run and task through `JobLauncher` (so a
+retried step re-attaches to its job instead of starting a second one), and fills Output[Model],
+the metrics and the TensorBoard artifact from what rank 0 wrote. A cancelled run stops this
+process with SIGTERM, which `stage_runner.run_stage` turns into SystemExit, so the launcher's
+cleanup deletes the job.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from trainflow.artifacts import ArtifactLike, timed_stage
+from trainflow.atomic_files import atomic_directory
+from trainflow.config import TrainConfig, parse_section, section_payload
+from trainflow.config.platform import DistributedConfig, PlatformConfig
+from trainflow.errors import ConfigError
+from trainflow.kubeflow.distributed_spec import (DistributedTrainingSpec, PvcMount, SecretKeyEnv, Toleration,
+                                                 worker_command)
+
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Written by rank 0 beside the summary facts; not facts for artifact metadata.
+_RECORD_ONLY_KEYS = ("history", "train_config", "model_config", "best_checkpoint", "last_checkpoint")
+
+
+def run_folder(platform: PlatformConfig, run_id: str, task_name: str) -> Path:
+    """`<workspace>/runs/<run id>/<task>`: this step's files on the workspace, the same on every retry.
+
+    Failure: ConfigError if the run id or task name is empty or an unsubstituted KFP placeholder.
+    """
+    for what, value in (("run id", run_id), ("task name", task_name)):
+        if not value.strip() or "{{" in value:
+            raise ConfigError(f"the KFP {what} is {value!r}; the pipeline must pass the KFP placeholder for it "
+                              "(dsl.PIPELINE_JOB_ID_PLACEHOLDER / dsl.PIPELINE_TASK_NAME_PLACEHOLDER).")
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip(".-") or "x" for value in (run_id, task_name)]
+    return Path(platform.workspace_mount_path) / "runs" / safe[0] / safe[1]
+
+
+def worker_environment(platform: PlatformConfig, with_mlflow: bool) -> tuple[dict[str, str], tuple[SecretKeyEnv, ...]]:
+    """Plain and Secret-backed environment for every task or training pod that reads weights (and MLflow).
+
+    HF_HOME/TORCH_HOME follow the weights-cache mount; with_mlflow adds MLFLOW_TRACKING_URI and the
+    MLflow Secret's keys (optional: a missing Secret or key leaves the variable unset).
+    """
+    env = dict(platform.env)
+    if platform.weights_cache_pvc:
+        env["HF_HOME"] = f"{platform.weights_cache_mount_path}/huggingface"
+        env["TORCH_HOME"] = f"{platform.weights_cache_mount_path}/torch"
+    secrets: tuple[SecretKeyEnv, ...] = ()
+    if with_mlflow:
+        if platform.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = platform.mlflow_tracking_uri
+        if platform.mlflow_secret:
+            secrets = tuple(SecretKeyEnv(key, platform.mlflow_secret, key, optional=True)
+                            for key in platform.mlflow_secret_keys)
+    return env, secrets
+
+
+def _pod_namespace(configured: str | None) -> str:
+    if configured:
+        return configured
+    try:
+        return POD_NAMESPACE_FILE.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise ConfigError("train.distributed.namespace is not set and this is not a Kubernetes pod; set the "
+                          "namespace the training job should run in.") from None
+
+
+def distributed_spec(distributed: DistributedConfig, platform: PlatformConfig, *, image: str, request_path: Path,
+                     with_mlflow: bool, namespace: str | None = None) -> DistributedTrainingSpec:
+    """The training pods: the platform's volumes, environment, node pool and /dev/shm, the config's topology.
+
+    Inputs: `train.distributed`, the platform section, the image the pipeline runs in, where the
+    TrainRequest lies on the workspace, whether training logs to MLflow, and the namespace (default:
+    distributed.namespace, else this pod's). Output: a checked DistributedTrainingSpec.
+    Failure: ConfigError naming the field (via DistributedTrainingSpec) for an impossible combination.
+    """
+    volumes = [PvcMount(platform.workspace_pvc, platform.workspace_mount_path)]
+    if platform.dataset_pvc:  # config paths such as model.base may point into it
+        volumes.append(PvcMount(platform.dataset_pvc, platform.dataset_mount_path, read_only=True))
+    if platform.weights_cache_pvc:
+        volumes.append(PvcMount(platform.weights_cache_pvc, platform.weights_cache_mount_path))
+    env, secrets = worker_environment(platform, with_mlflow)
+    on_gpus = distributed.gpus_per_node > 0
+    return DistributedTrainingSpec(
+        backend=distributed.backend, nodes=distributed.nodes, gpus_per_node=distributed.gpus_per_node,
+        image=image, namespace=namespace or _pod_namespace(distributed.namespace),
+        command=worker_command(request_path), service_account=platform.service_account, env=env,
+        secret_env=secrets, volumes=tuple(volumes), shm_size=platform.shm_size,
+        node_selector=platform.node_selector if on_gpus else {},
+        tolerations=tuple(Toleration(t.key, t.operator, t.value, t.effect) for t in platform.gpu_tolerations)
+        if on_gpus else (),
+        cpu_request=distributed.cpu_request, memory_request=distributed.memory_request,
+        memory_limit=distributed.memory_limit, gpu_resource=platform.gpu_resource,
+        runtime_name=distributed.runtime_name, delete_on_exit=distributed.delete_on_exit,
+        backoff_limit=distributed.backoff_limit, active_deadline_seconds=distributed.active_deadline_seconds)
+
+
+def record_training_outcome(summary: dict[str, Any], model: ArtifactLike, metrics: ArtifactLike) -> None:
+    """Copy the training summary's facts into the model and metrics artifacts' metadata."""
+    facts = {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS and v is not None}
+    model.metadata.update(facts)
+    metrics.metadata.update({k: facts[k] for k in ("best_value", "best_step", "best_epoch", "steps_run", "epochs_run")
+                             if k in facts})
+    metrics.metadata["monitor"] = facts.get("monitor")
+    metrics.metadata["stop_reason"] = facts.get("stop_reason")
+
+
+def train(
+    task: str, cache_dir: str, model_config: dict[str, Any], config: dict[str, Any], seed: int,
+    model: ArtifactLike, metrics: ArtifactLike, checkpoint_dir: str = "", logs: ArtifactLike | None = None,
+    platform: dict[str, Any] | None = None, run_id: str = "", task_name: str = "",
+    api_client: Any = None, launcher_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train the task; on a cluster with `train.distributed`, through a PyTorchJob/TrainJob.
+
+    Inputs: as `trainflow.stages.train.train`, plus the compiled `platform` section (None on a
+    local run; it must carry `image`), the KFP run id and task name (they key the workspace
+    folder and the job name), and for tests an ApiClient and JobLauncher options.
+    Outputs: `model`, `metrics` and `logs` filled; returns the training summary.
+    Failures: ConfigError for a distributed run without a platform or with paths off the shared
+    volumes; the launcher's ClusterAccessError / TrainingJobFailed / TrainingJobTimeout.
+    """
+    cfg: TrainConfig = parse_section(TrainConfig, config, "the train section")
+    settings = parse_section(PlatformConfig, platform, "the platform section") if platform else None
+    if settings is not None and not checkpoint_dir:
+        checkpoint_dir = str(run_folder(settings, run_id, task_name) / "checkpoints")
+    if cfg.distributed is None:
+        from trainflow.stages.train import train as train_here
+
+        return train_here(task=task, cache_dir=cache_dir, model_config=model_config, config=config, seed=seed,
+                          model=model, metrics=metrics, checkpoint_dir=checkpoint_dir, logs=logs)
+    if settings is None or not platform.get("image"):
+        raise ConfigError("train.distributed launches a PyTorchJob/TrainJob and needs the shared workspace of a "
+                          "compiled pipeline; remove it for a local run, or run on Kubeflow (trainflow submit).")
+    with timed_stage("train", model, metrics):
+        summary = _train_on_cluster(task, cache_dir, model_config, cfg, seed, model, logs, checkpoint_dir, settings,
+                                    platform["image"], run_folder(settings, run_id, task_name),
+                                    run_id, task_name, api_client, launcher_options or {})
+        record_training_outcome(summary, model, metrics)
+    return summary
+
+
+def _train_on_cluster(task: str, cache_dir: str, model_config: dict[str, Any], cfg: TrainConfig, seed: int,
+                      model: ArtifactLike, logs: ArtifactLike | None, checkpoint_dir: str, platform: PlatformConfig,
+                      image: str, folder: Path, run_id: str, task_name: str, api_client: Any,
+                      launcher_options: dict[str, Any]) -> dict[str, Any]:
+    from trainflow.kubeflow.cluster_api import kubernetes_api_client
+    from trainflow.kubeflow.job_launcher import JobLauncher
+    from trainflow.kubeflow.job_names import training_job_name
+
+    if platform.mounted_folder(checkpoint_dir) is None:
+        raise ConfigError(f"checkpoint_dir {checkpoint_dir} is not on a volume the training pods mount; leave it "
+                          f"empty or put it under {platform.workspace_mount_path}.")
+    request_path = folder / "train-request.json"
+    spec = distributed_spec(cfg.distributed, platform, image=image, request_path=request_path,
+                            with_mlflow=cfg.logging.mlflow)
+    # The worker never needs the launcher's settings, and they must not enter the run identity.
+    worker_config = {k: v for k, v in section_payload(cfg).items() if k != "distributed"}
+    request = {"task": task, "cache_dir": str(_cache_on_workspace(Path(cache_dir), folder, platform)),
+               "model_config": model_config, "train_config": worker_config, "seed": seed,
+               "checkpoint_dir": checkpoint_dir, "output_dir": str(folder / "model"),
+               "tensorboard_dir": str(folder / "tensorboard") if logs is not None else None}
+    minutes = cfg.distributed.timeout_minutes
+    launcher = JobLauncher(spec, api_client or kubernetes_api_client(),
+                           **{"timeout_s": minutes * 60 if minutes else None, **launcher_options})
+    result = launcher.run(training_job_name(run_id, task_name), request, request_path, Path(model.path))
+    if logs is not None and (folder / "tensorboard").is_dir():
+        shutil.copytree(folder / "tensorboard", logs.path, dirs_exist_ok=True)
+    return result.training_summary
+
+
+def _cache_on_workspace(cache_dir: Path, folder: Path, platform: PlatformConfig) -> Path:
+    """The cache where the training pods can read it: as is if on a mounted volume, else a copy in `folder`.
+
+    KFP downloads input artifacts into the launcher pod's own disk, which other pods cannot see.
+    The copy is made once per run (a retried step finds it complete) and atomically.
+    """
+    if platform.mounted_folder(str(cache_dir)) is not None:
+        return cache_dir
+    target = folder / "cache"
+    if not target.is_dir():
+        with atomic_directory(target) as staging:
+            shutil.copytree(cache_dir, staging, dirs_exist_ok=True)
+    return target
