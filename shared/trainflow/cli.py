@@ -17,7 +17,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"trainflow: running '{config.run_name}' ({config.task}) locally (state in {Path(args.state_dir).resolve()})",
           flush=True)
     try:
-        result = run_locally(config, args.state_dir, fresh=args.fresh)
+        result = run_locally(config, args.state_dir, fresh=args.fresh, verbose=args.verbose)
     except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is printed above
         raise UserFacingError(f"{exc} See that stage's log above for its error.") from None
     print_summary(result)
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo-assets", help="build the demo's dataset, base model and classifier (offline, cached)", description="Build the digits dataset, the tiny SD base model and the digits classifier; reused when already built.")
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    run.add_argument("--verbose", action="store_true", help="show every stage's full log and kfp.local's executor records (default: one line per stage, and a failed stage's last lines)")
     demo.set_defaults(handler=_demo_assets)
 
     submit = verbs.add_parser("submit", help="upload the pipeline to Kubeflow and start a run", description="Compile the pipeline with the config baked in, upload it as a pipeline version named by its content hash (an unchanged package reuses its version), and start a run; prints the run's URL.")

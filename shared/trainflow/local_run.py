@@ -5,21 +5,35 @@ use_venv=False), exactly the component code a cluster would run, minus the
 container. kfp.local ignores GPU requests and retries; those are checked on
 the compiled YAML instead. Checkpoints live under <state>/checkpoints/<run_name>,
 so re-running the same config after a kill resumes training there.
+
+Output is quiet by default: kfp.local prints every task's streamed log and its own executor
+records to stdout (builtins.print inside `logging_utils.indented_print`, and a root-logger
+handler bound to sys.stdout in `local_logger_context`), so the run redirects stdout into a
+`StageReporter`, which prints one line as each stage starts and ends, a progress bar on a
+terminal, and, for a failed stage, its last log lines and one-line error. `verbose=True`
+leaves kfp.local's output as it is.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
+import re
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from trainflow.atomic_files import atomic_write_json
 from trainflow.config import RunConfig
+from trainflow.errors import ConfigError, UserFacingError
 from trainflow.mlflow_tracking import default_tracking_uri
 
 STAGES = {
@@ -40,10 +54,119 @@ def checkpoint_folder(config: RunConfig, state_dir: str | Path) -> Path:
     return Path(state_dir).resolve() / "checkpoints" / config.run_name
 
 
-def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: bool = False) -> dict[str, Any]:
-    """Execute the config's pipeline locally; returns the pipeline's output artifacts and facts."""
+class StageFailed(UserFacingError):
+    """A stage of a local run failed; its last log lines were printed, the message is its one-line error."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")  # kfp.local's own log format
+_EPOCH = re.compile(r"\(epoch ([\d.]+)/(\d+)\)")
+_STAGE_ERROR = re.compile(r"^trainflow: \S+ failed: (.*)$")  # trainflow.stage_runner's user-error line
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def one_line_error(lines: list[str]) -> str:
+    """The error a failed stage's log ends with: trainflow's user-error line, else the exception line."""
+    for pattern in (_STAGE_ERROR, _EXCEPTION):
+        for line in reversed(lines):
+            match = pattern.match(line.strip())
+            if match:
+                return match.group(1) if pattern is _STAGE_ERROR else line.strip()
+    return lines[-1].strip() if lines else "no output (see --verbose)"
+
+
+class StageReporter(io.TextIOBase):
+    """A text stream that reads kfp.local's output and prints one line as each stage starts and ends.
+
+    Inputs: the console to print on (not sys.stdout while redirected), the number of stages, how
+    many log lines to show for a failed stage. On a terminal a transient bar shows the running
+    stage's elapsed time (training: epochs). `failure` holds (stage, one-line error) after a failure.
+    """
+
+    def __init__(self, console: Console, total_stages: int, tail_lines: int = 20):
+        self.console, self.total, self.failure = console, total_stages, None
+        self._partial, self._current, self._started_at, self._count = "", None, 0.0, 0
+        self._log: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self._progress = (Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                   console=console, transient=True) if console.is_terminal else None)
+        self._bar: Any = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._read(_ANSI.sub("", line))
+        return len(text)
+
+    def __enter__(self) -> "StageReporter":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _read(self, line: str) -> None:
+        if match := _STARTED.search(line):
+            self._start(match.group(1).replace("-", "_"))
+        elif match := _FINISHED.search(line):
+            self._finish(match.group(2) == "SUCCESS")
+        elif self._current is not None and not _KFP_RECORD.match(line):
+            text = line[4:] if line.startswith("    ") else line  # kfp.local indents streamed lines by 4
+            if text.strip():
+                self._log.append(text)
+                self._advance(text)
+
+    def _start(self, stage: str) -> None:
+        self._current, self._started_at = stage, time.monotonic()
+        self._count += 1
+        self._log.clear()
+        self.console.print(f"[{self._count}/{self.total}] {stage:<17} started", highlight=False)
+        if self._progress is not None:
+            self._bar = self._progress.add_task(stage, total=None)
+
+    def _advance(self, text: str) -> None:
+        match = _EPOCH.search(text)
+        if match and self._bar is not None:
+            self._progress.update(self._bar, completed=float(match.group(1)), total=float(match.group(2)),
+                                  description=f"{self._current} epoch {match.group(1)}/{match.group(2)}")
+
+    def _finish(self, succeeded: bool) -> None:
+        stage, seconds = self._current, time.monotonic() - self._started_at
+        if self._bar is not None:
+            self._progress.remove_task(self._bar)
+            self._bar = None
+        status = "[green]succeeded[/green]" if succeeded else "[red]failed[/red]"
+        self.console.print(f"[{self._count}/{self.total}] {stage:<17} {status} in {seconds:.1f} s", highlight=False)
+        if not succeeded:
+            lines = list(self._log)
+            self.console.print(f"Last {len(lines)} log lines of {stage}:", highlight=False)
+            for line in lines:
+                self.console.print(f"  {line}", markup=False, highlight=False)
+            self.failure = (stage, one_line_error(lines))
+        self._current = None
+
+
+def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: bool = False,
+                verbose: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Execute the config's pipeline locally; returns the pipeline's output artifacts and facts.
+
+    verbose: show kfp.local's own output (every task's log and executor records) instead of one
+    line per stage. console: where the stage lines go (default: stdout).
+    Failures: ConfigError for train.distributed (cluster only); StageFailed naming the failed
+    stage and its error (quiet mode; verbose mode keeps kfp.local's RuntimeError).
+    """
     from kfp import local
 
+    if config.train.distributed is not None:
+        raise ConfigError("train.distributed launches a PyTorchJob/TrainJob on a cluster; remove it to train on "
+                          "this machine, or run the pipeline on Kubeflow (trainflow submit).")
     state = Path(state_dir).resolve()
     pipeline_root = state / "pipeline-runs"
     tracking_uri = config.registration.tracking_uri or default_tracking_uri(state)
@@ -51,18 +174,31 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
     if fresh and checkpoints.exists():
         shutil.rmtree(checkpoints)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    if config.task == "text_to_image":
+    family = "text_to_image" if config.task == "text_to_image" else "supervised"
+    if family == "text_to_image":
         from pipelines.text_to_image import pipeline_arguments, text_to_image_pipeline as pipeline
     else:
         from pipelines.supervised import pipeline_arguments, supervised_pipeline as pipeline
     arguments = pipeline_arguments(config, tracking_uri=tracking_uri)
     arguments["checkpoint_dir"] = str(checkpoints)
+    reporter = None
+    if not verbose:  # the console must hold the real stdout: it prints while stdout is redirected
+        reporter = StageReporter(console or Console(file=sys.stdout, soft_wrap=True), len(STAGES[family]) + 1)
     started = time.time()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.ExitStack() as quiet:
         # Our image is a Python image; kfp.local only guesses from its name.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        task = pipeline(**arguments)
+        if reporter is not None:
+            quiet.enter_context(reporter)
+            quiet.enter_context(contextlib.redirect_stdout(reporter))
+        try:
+            task = pipeline(**arguments)
+        except RuntimeError:
+            if reporter is not None and reporter.failure is not None:
+                stage, error = reporter.failure
+                raise StageFailed(f"stage {stage} failed: {error}") from None
+            raise
     outputs = {name: task.outputs[name] for name in task.outputs}
     return {"config": config, "outputs": outputs, "seconds": time.time() - started, "tracking_uri": tracking_uri,
             "pipeline_root": pipeline_root}
