@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", default=".trainflow", help="where pipeline outputs, checkpoints and the MLflow SQLite store go (default: .trainflow)")
     run.add_argument("--fresh", action="store_true", help="delete this run's checkpoints first instead of resuming from them")
     run.add_argument("--summary-json", metavar="PATH", help="also write the summary (stages, metrics, best epoch, stop reason, registration) as JSON")
+    run.add_argument("--verbose", action="store_true", help="show every stage's full log and kfp.local's executor records (default: one line per stage, and a failed stage's last lines)")
     run.set_defaults(handler=_run)
 
     comp = verbs.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster", description="Compile the pipeline to KFP v2 YAML with a run config baked in as parameter defaults.")
@@ -169,7 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo-assets", help="build the demo's dataset, base model and classifier (offline, cached)", description="Build the digits dataset, the tiny SD base model and the digits classifier; reused when already built.")
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
-    run.add_argument("--verbose", action="store_true", help="show every stage's full log and kfp.local's executor records (default: one line per stage, and a failed stage's last lines)")
     demo.set_defaults(handler=_demo_assets)
 
     submit = verbs.add_parser("submit", help="upload the pipeline to Kubeflow and start a run", description="Compile the pipeline with the config baked in, upload it as a pipeline version named by its content hash (an unchanged package reuses its version), and start a run; prints the run's URL.")
