@@ -62,9 +62,11 @@ def test_a_bad_platform_value_is_one_sentence_naming_the_field(payload, complain
 
 def test_distributed_options_that_a_trainjob_cannot_take_are_refused():
     with pytest.raises(ConfigError, match="backoff_limit applies to pytorchjob only"):
-        parse_section(DistributedConfig, {"backend": "trainjob", "backoff_limit": 2}, "train.distributed")
+        parse_section(DistributedConfig, {"backend": "trainjob", "nodes": 2, "backoff_limit": 2}, "train.distributed")
     with pytest.raises(ConfigError, match="memory_request: '16 GB' is not a Kubernetes quantity"):
-        parse_section(DistributedConfig, {"memory_request": "16 GB"}, "train.distributed")
+        parse_section(DistributedConfig, {"nodes": 1, "memory_request": "16 GB"}, "train.distributed")
+    with pytest.raises(ConfigError, match="nodes: required field is missing"):
+        parse_section(DistributedConfig, {"backend": "pytorchjob"}, "train.distributed")
 
 
 # ----------------------------------------------------------------------------------- preflight

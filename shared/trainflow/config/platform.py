@@ -131,7 +131,7 @@ class DistributedConfig(Section):
     """`train.distributed`: the train step launches a PyTorchJob or TrainJob and waits for it."""
 
     backend: Literal["pytorchjob", "trainjob"] = Field("pytorchjob", description="pytorchjob: Training Operator v1 (kubeflow.org/v1); trainjob: Trainer v2 (trainer.kubeflow.org/v1alpha1).")
-    nodes: int = Field(2, ge=1, description="Pods, one per node.")
+    nodes: int = Field(ge=1, description="Pods, one per node (required: 1 = one pod with gpus_per_node GPUs).")
     gpus_per_node: int = Field(1, ge=0, description="GPUs (= torchrun processes) per pod; 0 = CPU pods, one process each.")
     namespace: str | None = Field(None, description="Default: the namespace the pipeline's pods run in.")
     runtime_name: str = Field("torch-distributed", description="TrainJob only: the ClusterTrainingRuntime to start from.")
