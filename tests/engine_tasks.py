@@ -1,10 +1,14 @@
 """Small tasks for engine tests: real data (scikit-learn's wine), no dropout, so runs compare exactly.
 
 Importable by subprocesses (torchrun, kill-and-resume drivers) with tests/ on PYTHONPATH.
+Fault knobs (all off by default) let a test inject what the engine must survive:
+an out-of-memory error on large micro-batches, a NaN loss, and a record of what
+each training step saw (record indices and one random draw).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,15 +25,22 @@ class TableDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"x": self.features[index], "y": self.labels[index]}
+        return {"x": self.features[index], "y": self.labels[index], "index": torch.tensor(index)}
 
 
 class WineTask:
-    """Classify scikit-learn's wine table with a small MLP (standardised features)."""
+    """Classify scikit-learn's wine table with a small MLP (standardised features).
+
+    fail_when_batch_larger_than: raise torch.OutOfMemoryError for larger micro-batches
+    (only after `oom_after_calls` training steps, so the fault can land mid-epoch).
+    nan_loss_at_call: the training_step call (1-based) that returns a NaN loss.
+    draw_random: draw one torch.rand() per training_step (recorded in `calls`).
+    """
 
     name = "classification"
 
-    def __init__(self, train_records: int = 120, fail_when_batch_larger_than: int | None = None) -> None:
+    def __init__(self, train_records: int = 120, fail_when_batch_larger_than: int | None = None,
+                 oom_after_calls: int = 0, nan_loss_at_call: int | None = None, draw_random: bool = False) -> None:
         data = load_wine()
         x = torch.tensor(data.data, dtype=torch.float32)
         x = (x - x.mean(0)) / x.std(0)
@@ -39,7 +50,12 @@ class WineTask:
         self.train = TableDataset(x[:train_records], y[:train_records])
         self.val = TableDataset(x[train_records:], y[train_records:])
         self.fail_when_batch_larger_than = fail_when_batch_larger_than
+        self.oom_after_calls = oom_after_calls
+        self.nan_loss_at_call = nan_loss_at_call
+        self.draw_random = draw_random
         self.batch_sizes_seen: list[int] = []
+        self.calls: list[dict] = []  # per training_step call: record indices, random draw, outcome
+        self.validation_counts: list[float] = []  # records counted by each validation (after the engine's reduction)
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 3))
@@ -55,9 +71,19 @@ class WineTask:
 
     def training_step(self, model: nn.Module, batch: dict) -> torch.Tensor:
         self.batch_sizes_seen.append(len(batch["y"]))
-        if self.fail_when_batch_larger_than is not None and len(batch["y"]) > self.fail_when_batch_larger_than:
+        call = {"indices": batch["index"].tolist(), "event": "ok"}
+        if self.draw_random:
+            call["random"] = float(torch.rand(()))
+        self.calls.append(call)
+        too_large = self.fail_when_batch_larger_than is not None and len(batch["y"]) > self.fail_when_batch_larger_than
+        if too_large and len(self.calls) > self.oom_after_calls:
+            call["event"] = "oom"
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
-        return nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+        loss = nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+        if self.nan_loss_at_call is not None and len(self.calls) == self.nan_loss_at_call:
+            call["event"] = "nan"
+            return loss * math.nan
+        return loss
 
     def validation_step(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         logits = model(batch["x"])
@@ -66,6 +92,7 @@ class WineTask:
                 "correct": (logits.argmax(1) == batch["y"]).sum().float()}
 
     def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.validation_counts.append(float(totals["count"]))
         return {"loss": float(totals["loss_sum"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"])}
 
     def export(self, model: nn.Module, folder: Path) -> None:

@@ -94,6 +94,19 @@ class Trainer:
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
+        # Batch and split errors come before joining the process group: a rendezvous waits for every rank.
+        self.micro_batch, self.accumulation = self._resolve_accumulation()
+        self.plan = EpochPlan(self.task.train_dataset(), info, self.seed, self.micro_batch * self.accumulation)
+        self.val_set = self.task.val_dataset()
+        self.steps_per_epoch = self.plan.steps_per_epoch()
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size: one optimizer step needs batch_size × gradient_accumulation × world size = "
+                f"{self.micro_batch * self.accumulation * info.world_size} training records, but the train split has "
+                f"{len(self.plan.dataset)}; lower train.batch_size or train.gradient_accumulation"
+            )
+        if len(self.val_set) == 0:
+            raise UserFacingError("the val split is empty; ingest more records or change ingest.split")
         dist_env.init_process_group(info, device)
         self.mixed_precision = resolve_mixed_precision(cfg.mixed_precision, device)
         self.accelerator = Accelerator(
@@ -108,18 +121,6 @@ class Trainer:
 
         seed_everything(self.seed)  # model initialisation is the same in every process and every resume
         model = self.task.build_model()
-        self.micro_batch, self.accumulation = self._resolve_accumulation()
-        self.plan = EpochPlan(self.task.train_dataset(), info, self.seed, self.micro_batch * self.accumulation)
-        self.val_set = self.task.val_dataset()
-        self.steps_per_epoch = self.plan.steps_per_epoch()
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"train.batch_size: one optimizer step needs batch_size × gradient_accumulation × world size = "
-                f"{self.micro_batch * self.accumulation * info.world_size} training records, but the train split has "
-                f"{len(self.plan.dataset)}; lower train.batch_size or train.gradient_accumulation"
-            )
-        if len(self.val_set) == 0:
-            raise UserFacingError("the val split is empty; ingest more records or change ingest.split")
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.max_epochs
         optimizer = build_optimizer(parameter_groups(model, cfg.optimizer, self.task.learning_rates()), cfg.optimizer)
         self.schedule = build_schedule(optimizer, cfg.schedule, self.total_steps, self.lower_is_better)
