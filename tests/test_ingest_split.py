@@ -36,9 +36,9 @@ def test_corrupt_image_and_escaping_path_are_reported_and_the_run_continues(tmp_
     summary, dataset, report = run_ingest(tmp_path, root)
     assert summary["num_records"] == 40
     assert summary["num_rejected"] == 2
-    rejected = {r["image"]: r["reason"] for r in map(json.loads, (tmp_path / "out/dataset/rejected.jsonl").read_text().splitlines())}
+    rejected = {r["ref"]: r["reason"] for r in map(json.loads, (tmp_path / "out/dataset/rejected.jsonl").read_text().splitlines())}
     assert "does not decode" in rejected["images/corrupt.png"]
-    assert "escapes the dataset root" in rejected["../outside.png"]
+    assert "climbs out of the dataset root" in rejected["../outside.png"]
     markdown = (tmp_path / "out/report.md").read_text()
     assert "corrupt.png" in markdown and "outside.png" in markdown
     assert all(e.record_id != "../outside.png" for e in read_manifest(dataset.path))

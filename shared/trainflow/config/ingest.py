@@ -1,7 +1,8 @@
-"""The `ingest` section: where the data is, which columns mean what, how to split it."""
+"""The `ingest` section: where the data is, which columns mean what, what counts as bad, how to split it."""
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -9,55 +10,110 @@ from pydantic import Field, model_validator
 from trainflow.config.schema_base import Section
 
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+SOURCE_FIELDS = ("dataset_dir", "table", "hdf5", "sklearn_dataset")
+KFOLD_KINDS = ("kfold", "stratified_kfold")
 
 
 class SplitFractions(Section):
+    """How records are assigned to train/val/test (and, for k-fold kinds, to folds)."""
+
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    kind: Literal["auto", "random", "stratified", "group", "hash", "kfold", "stratified_kfold"] = Field(
+        "auto", description=(
+            "auto: stratified by label when every class has at least 4 records, else random (seeded). "
+            "random / stratified: seeded; stratified keeps each class within one record of its share in every split. "
+            "group: whole groups (ingest.group_column) go to one split. "
+            "hash: a record's split depends only on its id (or content, see hash_key) and `salt`, so records "
+            "added later never move an existing record; use it for scheduled retraining on a growing dataset. "
+            "kfold / stratified_kfold: hold out `test`, cut the rest into `folds` folds (folds.json in the dataset); "
+            "the manifest's train/val is fold 0. With group_column, folds and the test holdout keep groups whole."))
+    salt: str = Field("", description="hash: mixed into every record's hash; changing it reshuffles everything once.")
+    hash_key: Literal["id", "content"] = Field(
+        "id", description="hash: what the split is a function of: the record id, or its content sha256 (survives renames).")
+    folds: int | None = Field(None, ge=2, le=100, description="kfold / stratified_kfold: number of folds.")
 
     @model_validator(mode="after")
-    def _fractions_sum_to_one(self) -> "SplitFractions":
+    def _consistent(self) -> "SplitFractions":
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        if (self.kind in KFOLD_KINDS) != (self.folds is not None):
+            raise ValueError(f"folds is set with kind {self.kind}; set folds (2 or more) exactly when kind is kfold or stratified_kfold")
+        if self.kind != "hash" and (self.salt or self.hash_key != "id"):
+            raise ValueError(f"salt and hash_key apply to kind: hash only, not kind: {self.kind}")
         return self
 
 
 class IngestConfig(Section):
-    """Where the dataset is and how to split it. Exactly one source: a folder, a table, or a bundled set."""
+    """Where the dataset is and how to split it. Exactly one source: a folder, a table, an HDF5 file, or a bundled set."""
 
     dataset_dir: str | None = Field(None, description="Image dataset root: an imagefolder with metadata.jsonl, or <split>/images + captions.json.")
-    table: str | None = Field(None, description="A CSV file: one row per record, feature/target/label columns.")
+    table: str | None = Field(None, description=(
+        "A table, one row per record: .csv/.tsv, .jsonl or .parquet (or set table_format). With a column named "
+        "image_column the records are images (paths relative to the table's folder, which they must stay inside); "
+        "otherwise they are feature rows."))
+    table_format: Literal["csv", "jsonl", "parquet"] | None = Field(None, description="Format of `table` when its suffix does not say.")
+    hdf5: str | None = Field(None, description=(
+        "An HDF5 file of equal-length datasets; the *_column fields name them: image_column (N,H,W[,C]) uint8 "
+        "or feature_columns ((N,F) or several (N,)), label_column (N,), target_columns, mask_column (N,H,W), "
+        "caption_column, id_column, group_column."))
     sklearn_dataset: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"] | None = Field(
         None, description="One of scikit-learn's bundled datasets (no download): digits as 8x8 images, the others as tables.")
     image_column: str = "file_name"
     caption_column: str = "text"
-    # Integer class label per record: classification targets, and prompt accuracy for text-to-image.
+    # Class label per record: classification targets, and prompt accuracy for text-to-image. Folders and HDF5
+    # hold class indices (or names listed in class_names); in tables the values are class names.
     label_column: str | None = None
-    # Numeric regression targets (tables and imagefolders).
+    # Numeric regression targets (tables, imagefolders, HDF5).
     target_columns: list[str] | None = None
-    # Table features; default: every numeric column that is not a label or target.
+    # Table features; default: every column (other than those named here) whose values are mostly numbers.
     feature_columns: list[str] | None = None
     # Segmentation: column holding the mask PNG path (class ids as pixel values).
     mask_column: str | None = None
+    id_column: str | None = Field(None, description="Column holding a stable record id (default: the image path, or table/file row).")
+    group_column: str | None = Field(None, description="Column naming each record's group (patient, scene, ...); split.kind: group keeps groups whole.")
     class_names: list[str] | None = Field(None, description="Names of the classes 0..K-1 (default: from the data).")
     resolution: int = Field(512, ge=8, description="Images are resized (shorter side) and center-cropped to this size.")
+    min_image_size: int = Field(8, ge=1, description="Images whose shorter side is below this many pixels are rejected.")
+    max_image_pixels: int = Field(89_478_485, ge=64, description=(
+        "Images with more pixels than this are rejected before they are decoded (decompression-bomb guard; "
+        "the default is Pillow's own)."))
+    max_caption_tokens: int = Field(77, ge=1, description=(
+        "Caption length the text encoder keeps when no tokenizer is available to count with (captions are then "
+        "counted in whitespace-separated words); longer captions are a warning, not a rejection."))
+    max_bad_fraction: float = Field(0.2, ge=0, le=1, description=(
+        "Fail ingest when more than this share of records is rejected (e.g. a half-mounted volume), "
+        "after writing the quarantine report."))
     split: SplitFractions = SplitFractions()
     max_records: int | None = Field(None, ge=3, description="Use only this many valid records (quick runs and tests).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "IngestConfig":
-        given = [name for name in ("dataset_dir", "table", "sklearn_dataset") if getattr(self, name)]
+        given = [name for name in SOURCE_FIELDS if getattr(self, name)]
         if len(given) != 1:
             raise ValueError(
-                "set exactly one of dataset_dir (image folder), table (CSV file) or sklearn_dataset "
-                f"(one of {', '.join(SKLEARN_DATASETS)}); got {', '.join(given) or 'none'}"
+                "set exactly one of dataset_dir (image folder), table (CSV/JSONL/Parquet file), hdf5 (HDF5 file) or "
+                f"sklearn_dataset (one of {', '.join(SKLEARN_DATASETS)}); got {', '.join(given) or 'none'}"
             )
+        if self.table_format and not self.table:
+            raise ValueError("table_format applies to ingest.table only; remove it or set table")
+        if self.table and not self.table_format and PurePath(self.table).suffix.lower() not in TABLE_FORMATS:
+            raise ValueError(f"table: cannot tell the format of {self.table!r} from its suffix; name it "
+                             ".csv, .jsonl or .parquet, or set ingest.table_format")
+        if self.split.kind == "group" and not self.group_column:
+            raise ValueError("split.kind: group needs ingest.group_column (the column naming each record's group)")
         return self
+
+    @property
+    def resolved_table_format(self) -> str:
+        """csv | jsonl | parquet, from table_format or the table's suffix."""
+        return self.table_format or TABLE_FORMATS[PurePath(self.table or "").suffix.lower()]
 
     @property
     def source_description(self) -> str:
         if self.sklearn_dataset:
             return f"scikit-learn dataset '{self.sklearn_dataset}'"
-        return str(self.dataset_dir or self.table)
+        return str(self.dataset_dir or self.table or self.hdf5)

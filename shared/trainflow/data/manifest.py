@@ -1,11 +1,14 @@
 """The Dataset artifact's layout, shared by the stages that read it.
 
     <dataset artifact>/
-        manifest.jsonl   one JSON object per kept record: id, split, sha256, and as present:
-                         image, mask (relative PNG paths), caption, label, targets, features
-        dataset.json     task, kind (image | table), class_names, target_names, feature_names, resolution
-        rejected.jsonl   one JSON object per unusable record: source, image, reason
+        manifest.jsonl   one JSON object per kept record, sorted by id: id, split, sha256, and as present:
+                         image, mask (relative PNG paths), caption, label, targets, features, group
+        dataset.json     task, kind (image | table), class_names, target_names, feature_names, resolution,
+                         split (the ingest.split settings used)
+        rejected.jsonl   one JSON object per rejected record: ref, source, reason, rule (trainflow.data.quarantine)
+        folds.json       k-fold kinds only: the test ids and each fold's train/val ids (trainflow.data.kfold_split)
         images/<split>/<n>.png   the record's image, resized and center-cropped
+        masks/<split>/<n>.png    segmentation class ids, resized with nearest neighbour
 
 Later stages read the snapshot, never the original folder, so data that
 arrives after ingest cannot change what a run trained and scored on.
@@ -22,6 +25,8 @@ from trainflow.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")
 DATASET_INFO = "dataset.json"  # task, kind (image/table), class/target/feature names, resolution
+REJECTED_FILE = "rejected.jsonl"
+FOLDS_FILE = "folds.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,7 @@ class ManifestEntry:
     targets: list[float] | None = None
     features: list[float] | None = None
     mask: str | None = None
+    group: str | None = None
 
 
 def manifest_sha256(dataset_dir: str | Path) -> str:
@@ -56,7 +62,7 @@ def read_manifest(dataset_dir: str | Path, split: str | None = None) -> list[Man
             if split is None or row["split"] == split:
                 entries.append(ManifestEntry(
                     row["id"], row["split"], row.get("image"), row.get("caption"), row.get("label"), row["sha256"],
-                    row.get("targets"), row.get("features"), row.get("mask")))
+                    row.get("targets"), row.get("features"), row.get("mask"), row.get("group")))
     return entries
 
 
@@ -64,4 +70,12 @@ def read_dataset_info(dataset_dir: str | Path) -> dict:
     path = Path(dataset_dir) / DATASET_INFO
     if not path.is_file():
         raise UserFacingError(f"{path} is missing; the dataset input must be the output of the ingest_split stage")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_folds(dataset_dir: str | Path) -> dict:
+    """The k-fold plan (see trainflow.data.kfold_split); UserFacingError when the dataset was not split into folds."""
+    path = Path(dataset_dir) / FOLDS_FILE
+    if not path.is_file():
+        raise UserFacingError(f"{path} is missing; ingest writes it only with ingest.split.kind: kfold or stratified_kfold")
     return json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Stage 1: read and check every record of the configured source, split, and snapshot it."""
+"""Stage 1: read and check every record of the configured source, quarantine the bad ones, split, snapshot."""
 
 from __future__ import annotations
 
@@ -9,16 +9,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_directory, atomic_write_json, atomic_write_text
 from trainflow.config import IngestConfig, check_task_fit, parse_section
-from trainflow.data.manifest import DATASET_INFO, SPLITS
-from trainflow.data.sources import IngestRecord, SourceData, read_source
-from trainflow.data.split import assign_splits
+from trainflow.data.check_data import check_and_read
+from trainflow.data.hdf5_source import close_hdf5_files
+from trainflow.data.kfold_split import FoldPlan, assign_folds
+from trainflow.data.manifest import DATASET_INFO, FOLDS_FILE, REJECTED_FILE, SPLITS
+from trainflow.data.image_decoding import ImageLimits
+from trainflow.data.quarantine import (
+    RecordRejected, bad_fraction, bad_fraction_problem, printable, quarantine_markdown, rejected_jsonl, top_reasons,
+)
+from trainflow.data.record_validation import record_image, record_mask
+from trainflow.data.sources import IngestRecord, SourceData, image_limits
+from trainflow.data.split import assign_splits, effective_kind
 from trainflow.errors import ConfigError, UserFacingError
 
 
@@ -36,97 +43,136 @@ def content_hash(records: list[IngestRecord]) -> str:
     """Hash of what the data says (content, caption, label, targets), independent of the order of records."""
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: r.record_id):
-        digest.update(f"{record.record_id}\t{record.sha256}\t{record.caption}\t{record.label}\t{record.targets}\n".encode())
+        line = f"{record.record_id}\t{record.sha256}\t{record.caption}\t{record.label}\t{record.targets}\n"
+        digest.update(line.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 
-def _snapshot_image(record: IngestRecord, resolution: int) -> Image.Image:
-    if record.image_array is not None:
-        image = Image.fromarray(record.image_array)
-    else:
-        with Image.open(record.image_path) as opened:
-            image = ImageOps.exif_transpose(opened)  # the orientation a viewer shows
-            image.load()
-    return resize_center_crop(image.convert("RGB"), resolution)
-
-
-def _snapshot_mask(record: IngestRecord, resolution: int) -> Image.Image:
-    if record.mask_array is not None:
-        mask = Image.fromarray(record.mask_array.astype(np.uint8), mode="L")
-    else:
-        with Image.open(record.mask_path) as opened:
-            mask = opened.convert("L") if opened.mode not in ("L", "P") else opened.copy()
-    return resize_center_crop(mask, resolution, Image.Resampling.NEAREST)  # class ids must not blend
+def _split(records: list[IngestRecord], cfg: IngestConfig, seed: int) -> tuple[dict[str, str], FoldPlan | None]:
+    if cfg.split.kind in ("kfold", "stratified_kfold"):
+        plan = assign_folds(records, cfg.split, seed, grouped=cfg.group_column is not None)
+        return plan.manifest_assignment(), plan
+    return assign_splits(records, cfg.split, seed), None
 
 
 def ingest_split(config: dict[str, Any], seed: int, dataset: ArtifactLike, report: ArtifactLike,
-                 task: str = "text_to_image") -> dict[str, Any]:
+                 task: str = "text_to_image", model_base: str | None = None) -> dict[str, Any]:
     """Check every record of the configured source, split it, and write the Dataset artifact.
 
-    Inputs: the `ingest` config section, the run seed and the task.
-    Outputs: `dataset` (folder, see trainflow.data.manifest) with counts and
-    `content_sha256` in its metadata; `report` (Markdown) listing rejected records.
-    Fails (UserFacingError) only if the source is missing or too few records are usable.
+    Inputs: the `ingest` config section, the run seed, the task, and optionally the base model (`model.base`)
+    whose tokenizer counts caption tokens.
+    Outputs: `dataset` (folder, see trainflow.data.manifest) with counts and `content_sha256` in its metadata;
+    `report` (Markdown): warnings, rejected records grouped by reason, and the records themselves.
+    Fails (UserFacingError, after writing the report and rejected.jsonl) when the source is missing, more than
+    ingest.max_bad_fraction of the records are rejected, or the usable records cannot fill every split.
     """
     cfg: IngestConfig = parse_section(IngestConfig, config, "the ingest section")
     try:
         check_task_fit(task, cfg, None, None)
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
-    with timed_stage("ingest_split", dataset, report):
-        source = read_source(cfg, task)
-        valid, rejected = source.records, source.rejected
-        if cfg.max_records is not None and len(valid) > cfg.max_records:
-            valid = sorted(random.Random(seed).sample(valid, cfg.max_records), key=lambda r: r.record_id)
-        if len(valid) < 3:
-            reasons = "; ".join(f"{r.image_ref or r.source}: {r.reason}" for r in rejected[:5])
-            raise UserFacingError(
-                f"only {len(valid)} usable records in {cfg.source_description} (need at least 3). First problems: {reasons}")
-        assignment = assign_splits(valid, cfg.split, seed)
-        counters: Counter[str] = Counter()
-        with atomic_directory(dataset.path) as staging:
-            lines = [json.dumps(_manifest_line(record, assignment[record.record_id], counters, staging, cfg, source.kind))
-                     for record in tqdm(valid, desc="ingest: snapshotting records", unit="rec", mininterval=2.0, disable=None)]
-            (staging / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-            (staging / "rejected.jsonl").write_text(
-                "".join(json.dumps({"source": r.source, "image": r.image_ref, "reason": r.reason}) + "\n" for r in rejected),
-                encoding="utf-8")
-            atomic_write_json(staging / DATASET_INFO, _dataset_info(source, cfg, task))
-        summary = {
-            "num_records": len(valid),
-            "num_rejected": len(rejected),
-            **{f"num_{split}": counters[split] for split in SPLITS},
-            "content_sha256": content_hash(valid),
-            "kind": source.kind,
-            "resolution": cfg.resolution if source.kind == "image" else 0,
-            "has_labels": all(r.label is not None for r in valid),
-            "source": cfg.source_description,
-        }
-        dataset.metadata.update(summary)
-        atomic_write_text(report.path, _report_markdown(summary, rejected))
-        report.metadata["num_rejected"] = len(rejected)
-    for problem in rejected[:20]:
-        print(f"ingest: skipped {problem.image_ref or problem.source} ({problem.source}): {problem.reason}")
-    if len(rejected) > 20:
-        print(f"ingest: ... and {len(rejected) - 20} more skipped records (see the ingest report)")
+    try:
+        with timed_stage("ingest_split", dataset, report):
+            return _ingest(cfg, seed, dataset, report, task, model_base)
+    finally:
+        close_hdf5_files()
+
+
+def _usable_split(cfg: IngestConfig, seed: int, source: SourceData, report: ArtifactLike
+                  ) -> tuple[list[IngestRecord], dict[str, str], FoldPlan | None]:
+    """(records to keep, their splits, the k-fold plan or None); UserFacingError when ingest must stop."""
+    if problem := bad_fraction_problem(len(source.records), len(source.rejected), cfg.max_bad_fraction):
+        raise UserFacingError(f"{problem}, so ingest stops rather than train on what is left (a half-mounted volume "
+                              f"looks like this). The quarantine report is at {report.path}; top reasons: "
+                              f"{_reasons_line(source)}")
+    valid = source.records
+    if cfg.max_records is not None and len(valid) > cfg.max_records:
+        valid = sorted(random.Random(seed).sample(valid, cfg.max_records), key=lambda r: r.record_id)
+    if len(valid) < 3:
+        raise UserFacingError(f"only {len(valid)} usable records in {cfg.source_description} (need at least 3); "
+                              f"see the quarantine report at {report.path}; top reasons: {_reasons_line(source)}")
+    assignment, plan = _split(valid, cfg, seed)
+    return valid, assignment, plan
+
+
+def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: ArtifactLike, task: str,
+            model_base: str | None) -> dict[str, Any]:
+    source = check_and_read(cfg, task, model_base)
+    rejected = source.rejected
+    report.metadata["num_rejected"] = len(rejected)
+    try:
+        valid, assignment, plan = _usable_split(cfg, seed, source, report)
+    except UserFacingError as failure:
+        atomic_write_text(report.path, _report_markdown(None, source, cfg, failure=str(failure)))
+        with atomic_directory(dataset.path) as staging:  # only the rejections: no manifest, nothing to train on
+            (staging / REJECTED_FILE).write_text(rejected_jsonl(rejected), encoding="utf-8")
+        raise
+    counters: Counter[str] = Counter()
+    limits = image_limits(cfg)
+    with atomic_directory(dataset.path) as staging:
+        lines = [json.dumps(_snapshot(record, assignment[record.record_id], counters, staging, cfg, source.kind, limits))
+                 for record in tqdm(valid, desc="ingest: snapshotting records", unit="rec", mininterval=2.0, disable=None)]
+        (staging / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (staging / REJECTED_FILE).write_text(rejected_jsonl(rejected), encoding="utf-8")
+        atomic_write_json(staging / DATASET_INFO, _dataset_info(source, cfg, task))
+        if plan is not None:
+            atomic_write_json(staging / FOLDS_FILE, plan.as_json(cfg.split.kind, seed, cfg.group_column is not None))
+    summary = {
+        "num_records": len(valid),
+        "num_rejected": len(rejected),
+        "bad_fraction": round(bad_fraction(len(source.records), len(rejected)), 6),
+        **{f"num_{split}": counters[split] for split in SPLITS},
+        "content_sha256": content_hash(valid),
+        "kind": source.kind,
+        "resolution": cfg.resolution if source.kind == "image" else 0,
+        "has_labels": all(r.label is not None for r in valid),
+        "source": cfg.source_description,
+        "split_kind": effective_kind(valid, cfg.split),
+        "num_warnings": sum(w.count for w in source.warnings),
+        **({"num_folds": len(plan.folds)} if plan is not None else {}),
+    }
+    dataset.metadata.update(summary)
+    atomic_write_text(report.path, _report_markdown(summary, source, cfg))
+    if rejected:
+        print(f"ingest: rejected {len(rejected)} records ({_reasons_line(source)}); see the ingest report")
+    for warning in source.warnings:
+        print(printable(f"ingest: warning: {warning.message}"))
     return summary
 
 
-def _manifest_line(record: IngestRecord, split: str, counters: Counter, staging: Path, cfg: IngestConfig, kind: str) -> dict:
+def _reasons_line(source: SourceData) -> str:
+    return printable("; ".join(f"{rule} x{count} (e.g. {example})" for rule, count, example in top_reasons(source.rejected, 3))
+                     or "none")
+
+
+def _snapshot(record: IngestRecord, split: str, counters: Counter, staging: Path, cfg: IngestConfig, kind: str,
+              limits: ImageLimits) -> dict:
+    """The record's manifest line, with its image (and mask) written; a file that changed since its check stops ingest."""
+    try:
+        return _manifest_line(record, split, counters, staging, cfg, kind, limits)
+    except (RecordRejected, OSError) as exc:
+        raise UserFacingError(f"record {printable(record.record_id)!r} changed or vanished while ingest was running "
+                              f"({printable(str(exc))}); run ingest again once the data is stable") from None
+
+
+def _manifest_line(record: IngestRecord, split: str, counters: Counter, staging: Path, cfg: IngestConfig, kind: str,
+                   limits: ImageLimits) -> dict:
     number = counters[split]
     counters[split] += 1
     line: dict[str, Any] = {"id": record.record_id, "split": split, "sha256": record.sha256}
     if kind == "image":
         relative = f"images/{split}/{number:07d}.png"
         (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-        _snapshot_image(record, cfg.resolution).save(staging / relative)
+        resize_center_crop(record_image(record, limits), cfg.resolution).save(staging / relative)
         line["image"] = relative
-        if record.mask_path is not None or record.mask_array is not None:
+        mask = record_mask(record, limits)
+        if mask is not None:
             mask_relative = f"masks/{split}/{number:07d}.png"
             (staging / mask_relative).parent.mkdir(parents=True, exist_ok=True)
-            _snapshot_mask(record, cfg.resolution).save(staging / mask_relative)
+            # Nearest neighbour: class ids must not blend.
+            resize_center_crop(Image.fromarray(mask, mode="L"), cfg.resolution, Image.Resampling.NEAREST).save(staging / mask_relative)
             line["mask"] = mask_relative
-    for key in ("caption", "label", "targets", "features"):
+    for key in ("caption", "label", "targets", "features", "group"):
         value = getattr(record, key)
         if value is not None:
             line[key] = list(value) if isinstance(value, tuple) else value
@@ -135,21 +181,22 @@ def _manifest_line(record: IngestRecord, split: str, counters: Counter, staging:
 
 def _dataset_info(source: SourceData, cfg: IngestConfig, task: str) -> dict[str, Any]:
     return {"task": task, "kind": source.kind, "class_names": source.class_names, "target_names": source.target_names,
-            "feature_names": source.feature_names, "resolution": cfg.resolution if source.kind == "image" else None}
+            "feature_names": source.feature_names, "resolution": cfg.resolution if source.kind == "image" else None,
+            "split": cfg.split.model_dump(mode="json")}
 
 
-def _report_markdown(summary: dict[str, Any], rejected: list) -> str:
-    lines = [
-        "# Dataset ingest",
-        "",
-        f"Source: `{summary['source']}`  ",
-        f"Kept {summary['num_records']} records: train {summary['num_train']}, val {summary['num_val']}, "
-        f"test {summary['num_test']}; content sha256 `{summary['content_sha256'][:16]}…`",
-        "",
-    ]
-    if rejected:
-        lines += [f"## Skipped records ({len(rejected)})", "", "| record | declared in | reason |", "|---|---|---|"]
-        lines += [f"| `{r.image_ref}` | `{r.source}` | {r.reason} |" for r in rejected]
+def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: IngestConfig, failure: str | None = None) -> str:
+    lines = ["# Dataset ingest", "", f"Source: `{printable(cfg.source_description)}`  "]
+    total = len(source.records) + len(source.rejected)
+    lines.append(f"Checked {total} records: kept {len(source.records)}, rejected {len(source.rejected)} "
+                 f"({bad_fraction(len(source.records), len(source.rejected)):.1%}; limit ingest.max_bad_fraction "
+                 f"{cfg.max_bad_fraction:g})  ")
+    if failure is not None:
+        lines += ["", f"**Ingest failed**: {printable(failure)}", ""]
     else:
-        lines.append("No records were skipped.")
+        assert summary is not None
+        lines += [f"Split ({summary['split_kind']}): train {summary['num_train']}, val {summary['num_val']}, "
+                  f"test {summary['num_test']} of {summary['num_records']} records; content sha256 "
+                  f"`{summary['content_sha256'][:16]}…`", ""]
+    lines += quarantine_markdown(source.rejected, source.warnings)
     return "\n".join(lines) + "\n"
