@@ -1,4 +1,4 @@
-"""The `trainflow` command: run, compile, validate, train-worker, demo-assets, submit, schedule, runs."""
+"""The `trainflow` command: run, compile, validate, check-data, train-worker, demo-assets, submit, schedule, runs."""
 
 from __future__ import annotations
 
@@ -67,6 +67,17 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, check_local_paths=not args.no_path_check)
     print(f"trainflow: {args.config} is valid (run '{config.run_name}')")
     return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from trainflow.config import load_config
+    from trainflow.data.check_data import check_data, check_lines, write_check_json
+
+    check = check_data(load_config(args.config, check_local_paths=False))  # a missing source is reported by the check
+    print("\n".join(check_lines(check)))
+    if args.json:
+        write_check_json(check, args.json)
+    return 1 if check.problem else 0
 
 
 def _demo_assets(args: argparse.Namespace) -> int:
@@ -166,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--config", required=True, help="run YAML to check")
     val.add_argument("--no-path-check", action="store_true", help="do not require local paths to exist (cluster configs)")
     val.set_defaults(handler=_validate)
+
+    check = verbs.add_parser("check-data", help="check every record of the config's data source, without training", description="Run ingest's record checks alone (nothing is written but --json): print kept/rejected counts and the top reasons. Exit 0 when the rejected share is within ingest.max_bad_fraction, 1 when above it, 2 on a usage or config error.")
+    check.add_argument("--config", required=True, help="run YAML whose ingest section names the data")
+    check.add_argument("--json", metavar="PATH", help='also write {"kept": [ids], "rejected": [{"ref", "source", "reason"}]} to PATH')
+    check.set_defaults(handler=_check_data)
 
     demo = verbs.add_parser("demo-assets", help="build the demo's dataset, base model and classifier (offline, cached)", description="Build the digits dataset, the tiny SD base model and the digits classifier; reused when already built.")
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
