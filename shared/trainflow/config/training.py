@@ -87,6 +87,8 @@ class LoggingConfig(Section):
     every_n_steps: int = Field(10, ge=1, description="TensorBoard/MLflow scalars every N optimizer steps.")
     tensorboard: bool = True
     mlflow: bool = Field(False, description="Log step metrics to MLflow (needs MLFLOW_TRACKING_URI or register.tracking_uri).")
+    sample_images: int = Field(4, ge=0, description="Images generated at each validation into TensorBoard, by tasks that "
+                               "generate images (text_to_image: the first val captions, fixed seed); 0 turns them off.")
 
 
 class EmaConfig(Section):

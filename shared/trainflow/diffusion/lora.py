@@ -42,10 +42,18 @@ def add_lora(unet: torch.nn.Module, cfg: LoraConfig, text_encoder: torch.nn.Modu
 
 
 def save_lora_adapter(folder: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> None:
+    """Write the adapter as `folder/pytorch_lora_weights.safetensors`, in the layout stock diffusers loads.
+
+    The peft configs travel in the file's metadata: without them `load_lora_weights`
+    assumes alpha = rank, and an adapter trained with another alpha loads at the wrong scale.
+    """
     unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder)) if text_encoder is not None else None
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers,
-                                              safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, safe_serialization=True,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict() if text_encoder is not None else None,
+    )
 
 
 def merged_unet_folder(base_folder: Path, unet: torch.nn.Module, text_encoder, destination: Path) -> None:

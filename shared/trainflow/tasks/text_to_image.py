@@ -1,7 +1,8 @@
 """Text-to-image fine-tuning of a Stable-Diffusion-architecture UNet on cached latents.
 
-The VAE never runs here: the cache holds each image's posterior and each
-caption's embedding (and token ids, for training the text encoder). Options:
+Training never runs the VAE: the cache holds each image's posterior and each
+caption's embedding (and token ids, for training the text encoder); only the
+validation sample grids for TensorBoard decode through it. Options:
 epsilon or v-prediction (from the base scheduler), min-SNR-gamma weighting,
 offset noise, input perturbation, caption dropout for classifier-free guidance,
 LoRA through peft, gradient checkpointing, text-encoder training.
@@ -12,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from torch import nn
+from torch.utils.data import default_collate
 from transformers import CLIPTextModel
 
 from trainflow.config import DiffusionTrainingConfig
@@ -27,6 +29,9 @@ from trainflow.diffusion.lora import LORA_WEIGHTS_FILE, add_lora, merged_unet_fo
 from trainflow.diffusion.model_loading import copy_pipeline_parts
 
 VALIDATION_SEED_OFFSET = 1_000_003  # validation noise differs from the test split's, fixed per record
+# Validation sample grids show progress, not final quality: a few deterministic DDIM steps keep them cheap.
+SAMPLE_STEPS = 10
+SAMPLE_GUIDANCE_SCALE = 5.0
 
 
 class DiffusionModel(nn.Module):
@@ -54,6 +59,8 @@ class TextToImageTask:
         self.uncond_ids = read_uncond_input_ids(cache_dir)
         self.noise_scheduler = DDPMScheduler.from_pretrained(self.base_folder / "scheduler")
         self.prediction_type = check_prediction_type(self.noise_scheduler, f"{self.base_folder / 'scheduler'}")
+        self._sample_vae: AutoencoderKL | None = None  # loaded on the first validation that draws images
+        self._sample_records: tuple[int, dict[str, torch.Tensor]] | None = None  # (count asked, its val records)
 
     # ------------------------------------------------------------ model and data
     def build_model(self) -> DiffusionModel:
@@ -62,7 +69,7 @@ class TextToImageTask:
         if self.cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             if text_encoder is not None:
-                text_encoder.gradient_checkpointing_enable()
+                text_encoder.activation_checkpointing_enable()
         if self.cfg.lora is not None:
             add_lora(unet, self.cfg.lora, text_encoder)
         model = DiffusionModel(unet, text_encoder)
@@ -108,6 +115,37 @@ class TextToImageTask:
 
     def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"loss": float(totals["loss_sum"] / totals["count"])}
+
+    @torch.no_grad()
+    def validation_images(self, model: DiffusionModel, count: int) -> torch.Tensor:
+        """Images for the first `count` val captions from the current UNet and the base VAE: (N, 3, H, W) in [0, 1].
+
+        The same starting noise (seeded by the run seed) at every validation, so successive
+        grids differ only by training. Draws nothing from the global generator. The VAE is
+        loaded on the first call, so runs without sample images never load it.
+        """
+        if self._sample_records is None or self._sample_records[0] != count:
+            records = self.val_dataset()
+            self._sample_records = (count, default_collate([records[i] for i in range(min(count, len(records)))]))
+        batch = self._sample_records[1]
+        device = next(model.unet.parameters()).device
+        text = model.encoder_states(batch["text"].to(device), batch["input_ids"].to(device))
+        uncond = model.encoder_states(self.uncond_text.to(device), self.uncond_ids.to(device)).expand_as(text)
+        if self._sample_vae is None:
+            self._sample_vae = AutoencoderKL.from_pretrained(self.base_folder / "vae").eval()
+        pipe = StableDiffusionPipeline(
+            vae=self._sample_vae.to(device), text_encoder=None, tokenizer=None, unet=model.unet,
+            scheduler=DDIMScheduler.from_config(self.noise_scheduler.config), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        channels, height, width = batch["moments"].shape[1] // 2, *batch["moments"].shape[2:]
+        generator = torch.Generator().manual_seed(self.seed)
+        latents = torch.randn((len(text), channels, height, width), generator=generator).to(device, text.dtype)
+        images = pipe(prompt_embeds=text, negative_prompt_embeds=uncond, latents=latents, output_type="pt",
+                      height=height * pipe.vae_scale_factor, width=width * pipe.vae_scale_factor,
+                      num_inference_steps=SAMPLE_STEPS, guidance_scale=SAMPLE_GUIDANCE_SCALE).images
+        return images.float().clamp(0, 1).cpu()
 
     # ------------------------------------------------------------ export
     def export(self, model: DiffusionModel, folder: Path) -> None:
