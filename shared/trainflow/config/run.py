@@ -64,8 +64,9 @@ def check_task_fit(task: str, ingest: IngestConfig | None, model: ModelConfig | 
         if task != "text_to_image" and not model.architecture:
             raise ValueError(f"model.architecture: task {task} needs an architecture (small_cnn, mlp, seg_cnn, resnet18, ...)")
     if ingest is not None:
-        if task == "text_to_image" and not ingest.dataset_dir:
-            raise ValueError("ingest.dataset_dir: text_to_image needs an image/caption folder")
+        if task == "text_to_image" and not (ingest.dataset_dir or ingest.table or ingest.hdf5):
+            raise ValueError("ingest.dataset_dir: text_to_image needs images with captions (an image folder, "
+                             "a table with an image column, or an HDF5 file)")
         if task == "classification" and not (ingest.label_column or ingest.sklearn_dataset):
             raise ValueError("ingest.label_column: classification needs a label column")
         if task == "classification" and ingest.sklearn_dataset == "diabetes":
@@ -109,6 +110,7 @@ def load_config(path: str | os.PathLike, check_local_paths: bool = True) -> RunC
 
 def _check_local_paths(config: RunConfig, config_path: Path) -> None:
     required = {"ingest.dataset_dir": config.ingest.dataset_dir, "ingest.table": config.ingest.table,
+                "ingest.hdf5": config.ingest.hdf5,
                 "model.weights_path": config.model.weights_path}
     if config.model.base and looks_like_local_path(config.model.base):
         required["model.base"] = config.model.base

@@ -38,6 +38,10 @@ class Task(Protocol):
     def learning_rates(self) -> dict[str, float]:
         """Extra per-module learning rates by parameter-name prefix (may be empty)."""
 
+    # Optional: `validation_images(model, count) -> Tensor | None`, float images in [0, 1]
+    # that the engine logs to TensorBoard after each validation (rank 0 only, under a
+    # forked RNG so sampling never changes the training random numbers).
+
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
