@@ -34,13 +34,15 @@ class WineTask:
     fail_when_batch_larger_than: raise torch.OutOfMemoryError for larger micro-batches
     (only after `oom_after_calls` training steps, so the fault can land mid-epoch).
     nan_loss_at_call: the training_step call (1-based) that returns a NaN loss.
+    nan_validation_at_call: the validation (1-based) whose loss comes out NaN.
     draw_random: draw one torch.rand() per training_step (recorded in `calls`).
     """
 
     name = "classification"
 
     def __init__(self, train_records: int = 120, fail_when_batch_larger_than: int | None = None,
-                 oom_after_calls: int = 0, nan_loss_at_call: int | None = None, draw_random: bool = False) -> None:
+                 oom_after_calls: int = 0, nan_loss_at_call: int | None = None, nan_validation_at_call: int | None = None,
+                 draw_random: bool = False) -> None:
         data = load_wine()
         x = torch.tensor(data.data, dtype=torch.float32)
         x = (x - x.mean(0)) / x.std(0)
@@ -52,6 +54,7 @@ class WineTask:
         self.fail_when_batch_larger_than = fail_when_batch_larger_than
         self.oom_after_calls = oom_after_calls
         self.nan_loss_at_call = nan_loss_at_call
+        self.nan_validation_at_call = nan_validation_at_call
         self.draw_random = draw_random
         self.batch_sizes_seen: list[int] = []
         self.calls: list[dict] = []  # per training_step call: record indices, random draw, outcome
@@ -93,7 +96,10 @@ class WineTask:
 
     def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
         self.validation_counts.append(float(totals["count"]))
-        return {"loss": float(totals["loss_sum"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"])}
+        loss = float(totals["loss_sum"] / totals["count"])
+        if len(self.validation_counts) == self.nan_validation_at_call:
+            loss = math.nan
+        return {"loss": loss, "accuracy": float(totals["correct"] / totals["count"])}
 
     def export(self, model: nn.Module, folder: Path) -> None:
         from safetensors.torch import save_file

@@ -129,6 +129,29 @@ def test_a_nan_loss_stops_at_once_and_leaves_the_last_good_checkpoint_untouched(
     assert newest.path.name == "step-000000006" and not newest.state["finished"]
 
 
+def test_a_non_finite_validation_metric_stops_without_checkpointing_the_weights_that_produced_it(tmp_path):
+    folder = tmp_path / "run"
+    # Checkpoints at 2, 4 (validated), 6; validation 2 (step 8) is NaN. With keep_top_k 1 the store holds step 4
+    # (best) and step 6 (newest, last good): a checkpoint at step 8 would be the newest and prune step 6 away.
+    task = WineTask(nan_validation_at_call=2, draw_random=True)
+    seen_before = {}
+    step = task.training_step
+
+    def snapshot_then_step(model, batch):
+        if len(task.calls) == 7:  # about to run step 8, whose validation is NaN
+            seen_before.update(file_digests(folder))
+        return step(model, batch)
+
+    task.training_step = snapshot_then_step
+    _, outcome = train(folder, task, config(checkpoints={"every_n_steps": 2, "keep_top_k": 1, "total_limit": 2}))
+    assert outcome.stop_kind == "non_finite" and "val_loss became nan at step 8" in outcome.stop_reason
+    assert {name.split("/")[0] for name in seen_before if name.startswith("step-")} == {"step-000000004", "step-000000006"}
+    seen_after = file_digests(folder)
+    seen_after.pop("training_log.jsonl"), seen_before.pop("training_log.jsonl")  # step 8 itself ran and is logged
+    assert seen_after == seen_before
+    assert outcome.best_step == 4
+
+
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.slow  # two driver processes: ~45 s on a loaded 2-core machine
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_the_next_run_resumes_from_it(tmp_path):
