@@ -299,6 +299,7 @@ class Trainer:
                     value = value.detach().double()
                     totals[name] = totals[name] + value if name in totals else value
         totals = {name: dist_env.all_reduce_sum(value, self.info).cpu() for name, value in sorted(totals.items())}
+        self._log_sample_images(model)  # from the weights just validated (EMA's when on)
         if self.ema is not None:
             self.ema.restore(self.trainable)
         model.train(was_training)
@@ -320,6 +321,19 @@ class Trainer:
         self._say(f"train: step {self.step} (epoch {epoch:.2f}/{self._epochs_planned()})  {shown}"
                   f"  lr {current_learning_rate(self.optimizer):.2e}{'  * best' if improved else ''}")
         return metrics if math.isfinite(value) else None
+
+    def _log_sample_images(self, model: torch.nn.Module) -> None:
+        """Log the images of a task's optional `validation_images(model, count) -> (N, 3, H, W) in [0, 1] | None`."""
+        make_images = getattr(self.task, "validation_images", None)
+        count = self.cfg.logging.sample_images
+        wanted = self.info.is_main and self.cfg.logging.tensorboard and self.tensorboard_dir is not None
+        if make_images is None or not count or not wanted:
+            return
+        # A forked generator: sampling (or a lazy model load) must not move the training stream, or resume is not exact.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self.accelerator.autocast():
+            images = make_images(model, count)
+        if images is not None:
+            self.log.images("val/samples", images, self.step)
 
     # ================================================================ checkpoints
     def _save_checkpoint(self, metrics: dict[str, float] | None) -> None:
