@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_fid.fid_score import calculate_frechet_distance
 
 from trainflow.errors import UserFacingError
 from trainflow.metrics.feature_extractors import FeatureExtractor
+from trainflow.metrics.frechet import frechet_distance_from_statistics
 
 
 def check_informative(features: torch.Tensor, what: str) -> None:
@@ -25,13 +25,17 @@ def check_informative(features: torch.Tensor, what: str) -> None:
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two feature sets (N, D), via pytorch-fid's Frechet distance."""
+    """FID between two feature sets (N, D), in float64 by the robust Fréchet distance (trainflow.metrics.frechet).
+
+    Same value as pytorch-fid's, and finite where pytorch-fid raises (fewer images than dimensions).
+    Raises UserFacingError with fewer than 2 images on either side.
+    """
     if real.shape[0] < 2 or fake.shape[0] < 2:
         raise UserFacingError("FID needs at least 2 real and 2 generated images; raise score.generation.max_prompts")
-    mu1, mu2 = real.mean(0).numpy(), fake.mean(0).numpy()
-    sigma1 = np.atleast_2d(np.cov(real.numpy(), rowvar=False))
-    sigma2 = np.atleast_2d(np.cov(fake.numpy(), rowvar=False))
-    return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    real64, fake64 = real.double().numpy(), fake.double().numpy()
+    sigma1 = np.atleast_2d(np.cov(real64, rowvar=False))
+    sigma2 = np.atleast_2d(np.cov(fake64, rowvar=False))
+    return frechet_distance_from_statistics(real64.mean(0), sigma1, fake64.mean(0), sigma2)
 
 
 def fid(extractor: FeatureExtractor, real_images: torch.Tensor, fake_images: torch.Tensor, real_features: torch.Tensor | None = None) -> float:

@@ -26,12 +26,16 @@ def require_file(path: Path, what: str, how: str) -> Path:
 
 
 def fid_inception_weights(explicit: str | None) -> Path:
+    """pytorch-fid's InceptionV3 weights: `explicit` (--weights / score.fid_features.path), else TORCH_HOME's file.
+
+    Raises MissingWeightsError naming the path that was looked at.
+    """
     if explicit:
-        return require_file(Path(explicit).expanduser(), "FID InceptionV3", "fix score.fid_features.path")
+        return require_file(Path(explicit).expanduser(), "FID InceptionV3", "fix the path (trainflow fid --weights, or score.fid_features.path)")
     return require_file(
         torch_hub_checkpoints() / FID_INCEPTION_FILE, "FID InceptionV3",
-        "copy pytorch-fid's weights there (TORCH_HOME sets the folder), set score.fid_features.path to the file, "
-        "or use score.fid_features.kind: classifier",
+        f"copy pytorch-fid's {FID_INCEPTION_FILE} there (TORCH_HOME sets the folder) or name the file with "
+        "trainflow fid --weights FILE (score.fid_features.path in a run config, or use score.fid_features.kind: classifier)",
     )
 
 

@@ -1,0 +1,219 @@
+"""Feature statistics streamed from image folders: running sums, pytorch-fid's .npz, a content-keyed cache.
+
+Images are decoded in DataLoader workers, batch by batch, go through the
+feature extractor and straight into float64 running sums, so no temporary
+PNG folder and no (N, dims) float32 array sits between the images and the
+statistics. Features are kept only when asked (KID needs them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_fid.fid_score import IMAGE_EXTENSIONS  # pytorch-fid's own list: a folder yields the same files
+
+from trainflow.atomic_files import atomic_write_bytes
+from trainflow.errors import UserFacingError
+from trainflow.metrics.feature_extractors import FeatureExtractor
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianStatistics:
+    """Mean (d,) and unbiased covariance (d, d) of a feature set, float64; `count` is unknown when loaded from .npz."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    count: int | None = None
+
+
+class FeatureStatistics:
+    """Accumulates features batch by batch into float64 sums: Σx, Σxxᵀ and n.
+
+    The sums are taken around the first batch's mean (a fixed shift), which keeps
+    the one-pass covariance as accurate as numpy's two-pass `np.cov`.
+    """
+
+    def __init__(self, dim: int, keep_features: bool = False):
+        self.dim = dim
+        self.count = 0
+        self._shift: np.ndarray | None = None
+        self._sum = np.zeros(dim, dtype=np.float64)
+        self._outer = np.zeros((dim, dim), dtype=np.float64)
+        self._kept: list[torch.Tensor] | None = [] if keep_features else None
+
+    def update(self, features: torch.Tensor | np.ndarray) -> None:
+        """Add a batch of features (n, dim)."""
+        batch = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
+        if batch.ndim != 2 or batch.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape (n, {self.dim}), got {batch.shape}")
+        if self._shift is None:
+            self._shift = batch.mean(axis=0)
+        centred = batch - self._shift
+        self._sum += centred.sum(axis=0)
+        self._outer += centred.T @ centred
+        self.count += batch.shape[0]
+        if self._kept is not None:
+            self._kept.append(torch.from_numpy(batch))
+
+    def statistics(self) -> GaussianStatistics:
+        """Mean and covariance equal to `x.mean(0)` and `np.cov(x, rowvar=False)` of all features seen.
+
+        Raises UserFacingError with fewer than 2 samples (a covariance needs two).
+        """
+        if self.count < 2 or self._shift is None:
+            raise UserFacingError(f"FID needs at least 2 images per side, got {self.count}")
+        offset = self._sum / self.count
+        sigma = (self._outer - self.count * np.outer(offset, offset)) / (self.count - 1)
+        return GaussianStatistics(self._shift + offset, (sigma + sigma.T) / 2, self.count)
+
+    def features(self) -> torch.Tensor:
+        """All features seen, float64 (n, dim); only with keep_features=True."""
+        if self._kept is None:
+            raise RuntimeError("features were not kept; create FeatureStatistics(..., keep_features=True)")
+        return torch.cat(self._kept) if self._kept else torch.empty(0, self.dim, dtype=torch.float64)
+
+
+def save_statistics(path: str | Path, stats: GaussianStatistics) -> None:
+    """Write pytorch-fid's statistics format (.npz with `mu` and `sigma`), atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, mu=stats.mu, sigma=stats.sigma)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_statistics(path: str | Path) -> GaussianStatistics:
+    """Read a .npz written by pytorch-fid or `save_statistics` (never unpickles).
+
+    Raises UserFacingError naming the file when it is missing, not an .npz, lacks
+    `mu`/`sigma`, holds objects, or the shapes do not fit together.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserFacingError(f"statistics file {path} does not exist; give an existing .npz or an image folder")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"mu", "sigma"} - set(archive.files)
+            if missing:
+                raise UserFacingError(f"statistics file {path} has no {' or '.join(sorted(missing))} array; write it with `trainflow fid --save-stats` or pytorch-fid --save-stats")
+            mu, sigma = np.asarray(archive["mu"], np.float64), np.asarray(archive["sigma"], np.float64)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserFacingError(f"statistics file {path} is not a readable numeric .npz ({exc}); recreate it with --save-stats") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise UserFacingError(f"statistics file {path} holds mu {mu.shape} and sigma {sigma.shape}; sigma must be (d, d) for mu (d,)")
+    return GaussianStatistics(mu, sigma)
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """The images pytorch-fid would read from `folder`: known extensions, directly inside, sorted.
+
+    Raises UserFacingError when the folder does not exist, is not a folder, or holds no image.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise UserFacingError(f"{root} does not exist; give an image folder or a .npz statistics file")
+    if not root.is_dir():
+        raise UserFacingError(f"{root} is neither a folder of images nor a .npz statistics file")
+    files = sorted(file for ext in IMAGE_EXTENSIONS for file in root.glob(f"*.{ext}") if file.is_file())
+    if not files:
+        kinds = ", ".join(f"*.{ext}" for ext in sorted(IMAGE_EXTENSIONS))
+        raise UserFacingError(f"no images in {root} (looked for {kinds} directly in the folder, not in subfolders, like pytorch-fid)")
+    return files
+
+
+def _decode_rgb(path: Path) -> torch.Tensor:
+    """pytorch-fid's loading: PIL → RGB → uint8 (3, H, W); to_float gives ToTensor's x / 255."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+class _ImageBatches(torch.utils.data.Dataset):
+    """Item i = batch i of `files`, decoded and prepared; a bad image comes back as an error sentence.
+
+    Whole batches per item keep per-image Python work out of the loop, and an error
+    returned (not raised) in a worker reaches the user as one line, not a worker traceback.
+    """
+
+    def __init__(self, files: list[Path], batch_size: int, extractor: FeatureExtractor):
+        self.files, self.batch_size, self.prepare = files, batch_size, extractor.prepare
+
+    def __len__(self) -> int:
+        return (len(self.files) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+        images = []
+        for path in self.files[index * self.batch_size : (index + 1) * self.batch_size]:
+            try:
+                images.append(_decode_rgb(path))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                return None, f"image {path} cannot be decoded ({exc}); remove or replace it"
+        if len({tuple(image.shape) for image in images}) == 1:
+            return self.prepare(torch.stack(images).float().div_(255)), None
+        prepared = [self.prepare(image.unsqueeze(0).float().div_(255)) for image in images]
+        if len({tuple(p.shape) for p in prepared}) > 1:
+            return None, f"images in {self.files[0].parent} have different sizes; this feature extractor needs one size"
+        return torch.cat(prepared), None
+
+
+def _unchanged(item):
+    return item
+
+
+def stream_folder_statistics(
+    files: list[Path], extractor: FeatureExtractor, batch_size: int = 50, num_workers: int = 1, keep_features: bool = False,
+) -> FeatureStatistics:
+    """Decode `files` in `num_workers` loader processes while the extractor runs; return the accumulated statistics.
+
+    Raises UserFacingError naming the first image that cannot be decoded.
+    """
+    stats = FeatureStatistics(extractor.dim, keep_features=keep_features)
+    loader = torch.utils.data.DataLoader(
+        _ImageBatches(files, max(1, min(batch_size, len(files))), extractor),
+        batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_unchanged,
+    )
+    with torch.inference_mode():
+        for images, error in loader:
+            if error is not None:
+                raise UserFacingError(error)
+            stats.update(extractor.forward(images.to(extractor.device)))
+    return stats
+
+
+def dataset_content_hash(files: list[Path]) -> str:
+    """sha256 over each file's name and bytes, in order: changes when any image, name or the set changes."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + str(file.stat().st_size).encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def cached_folder_statistics(
+    files: list[Path], extractor: FeatureExtractor, cache_dir: str | Path, batch_size: int = 50, num_workers: int = 1,
+) -> GaussianStatistics:
+    """Statistics of `files`, from `cache_dir/<extractor identity>-<content hash>.npz` when present, else computed and stored.
+
+    An unreadable cache entry is recomputed and replaced (the cache is ours, not the user's input).
+    """
+    entry = Path(cache_dir) / f"{extractor.identity or extractor.name}-{dataset_content_hash(files)[:32]}.npz"
+    if entry.is_file():
+        try:
+            cached = load_statistics(entry)
+            if cached.mu.shape == (extractor.dim,):
+                return cached
+        except UserFacingError:
+            pass
+    stats = stream_folder_statistics(files, extractor, batch_size, num_workers).statistics()
+    save_statistics(entry, stats)
+    return stats
+
+
+def quantize_like_saved_png(images: torch.Tensor) -> torch.Tensor:
+    """Round float images in [0, 1] to the 256 levels a saved PNG keeps, so features match the files a person sees."""
+    return (images.clamp(0, 1) * 255).round() / 255
