@@ -9,6 +9,7 @@ each training step saw (record indices and one random draw).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -32,7 +33,8 @@ class WineTask:
     """Classify scikit-learn's wine table with a small MLP (standardised features).
 
     fail_when_batch_larger_than: raise torch.OutOfMemoryError for larger micro-batches
-    (only after `oom_after_calls` training steps, so the fault can land mid-epoch).
+    (only after `oom_after_calls` training steps, so the fault can land mid-epoch; with `oom_only_on_rank`,
+    only in that torchrun rank, as when one GPU holds more than the others).
     nan_loss_at_call: the training_step call (1-based) that returns a NaN loss.
     nan_validation_at_call: the validation (1-based) whose loss comes out NaN.
     draw_random: draw one torch.rand() per training_step (recorded in `calls`).
@@ -42,7 +44,7 @@ class WineTask:
 
     def __init__(self, train_records: int = 120, fail_when_batch_larger_than: int | None = None,
                  oom_after_calls: int = 0, nan_loss_at_call: int | None = None, nan_validation_at_call: int | None = None,
-                 draw_random: bool = False) -> None:
+                 draw_random: bool = False, oom_only_on_rank: int | None = None) -> None:
         data = load_wine()
         x = torch.tensor(data.data, dtype=torch.float32)
         x = (x - x.mean(0)) / x.std(0)
@@ -53,6 +55,7 @@ class WineTask:
         self.val = TableDataset(x[train_records:], y[train_records:])
         self.fail_when_batch_larger_than = fail_when_batch_larger_than
         self.oom_after_calls = oom_after_calls
+        self.oom_here = oom_only_on_rank is None or oom_only_on_rank == int(os.environ.get("RANK", "0"))
         self.nan_loss_at_call = nan_loss_at_call
         self.nan_validation_at_call = nan_validation_at_call
         self.draw_random = draw_random
@@ -79,7 +82,7 @@ class WineTask:
             call["random"] = float(torch.rand(()))
         self.calls.append(call)
         too_large = self.fail_when_batch_larger_than is not None and len(batch["y"]) > self.fail_when_batch_larger_than
-        if too_large and len(self.calls) > self.oom_after_calls:
+        if too_large and self.oom_here and len(self.calls) > self.oom_after_calls:
             call["event"] = "oom"
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
         loss = nn.functional.cross_entropy(model(batch["x"]), batch["y"])

@@ -143,6 +143,25 @@ def test_plain_torchrun_takes_its_settings_from_the_kubeflow_pet_variables(tmp_p
     assert [r["step"] for r in read_step_log(tmp_path / "checkpoints")] == list(range(1, 15))
 
 
+def test_out_of_memory_on_one_rank_makes_every_rank_halve_its_micro_batch_and_retry_the_same_records(tmp_path):
+    # Rank 1 alone fails its first micro-batch of step 3 (call 5); rank 0 ran that micro-batch fine and learns of
+    # the failure from the flag exchanged before the gradient-synchronising micro-batch.
+    torchrun(str(DRIVER), str(tmp_path / "checkpoints"), json.dumps({**CONFIG, "max_epochs": 1}),
+             "--outcome", str(tmp_path / "outcome.json"), "--rank-facts", str(tmp_path / "facts"),
+             "--task-options", json.dumps({"fail_when_batch_larger_than": 2, "oom_after_calls": 4, "oom_only_on_rank": 1}))
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert (outcome["steps_run"], outcome["micro_batch"], outcome["gradient_accumulation"]) == (7, 2, 4)
+    assert outcome["effective_batch"] == 16
+    for rank in (0, 1):
+        calls = rank_facts(tmp_path / "facts", rank)[0]["calls"]
+        assert [len(call["indices"]) for call in calls[:5]] == [4] * 5
+        assert [call["event"] for call in calls[:5]] == ["ok"] * 4 + ["oom" if rank == 1 else "ok"]
+        retried = calls[5]["indices"] + calls[6]["indices"]
+        assert retried == calls[4]["indices"], f"rank {rank} did not retry step 3 from its first record"
+        assert {len(call["indices"]) for call in calls[5:]} == {2} and len(calls) == 5 + (7 - 2) * 4
+    assert [r["step"] for r in read_step_log(tmp_path / "checkpoints")] == list(range(1, 8))
+
+
 def library_learning_rates(name: str, base_lr: float, total_steps: int, warmup: int) -> list[float]:
     """The learning rate after each of `total_steps` steps, from the library alone."""
     from torch.optim.lr_scheduler import OneCycleLR, StepLR
