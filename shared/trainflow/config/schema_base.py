@@ -44,7 +44,8 @@ def _describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
     given = error.get("input")
     shown = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{location}: {message}{shown}"
+    # A whole-section check (no location) already names its field in the message.
+    return f"{location}: {message}{shown}" if location else f"{message}{shown}"
 
 
 def _model_in(annotation: Any) -> Any:

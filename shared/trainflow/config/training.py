@@ -37,7 +37,8 @@ class ScheduleConfig(Section):
         "one_cycle", "step", "reduce_on_plateau",
     ] = "cosine"
     warmup_steps: int = Field(0, ge=0)
-    num_cycles: float = Field(1.0, gt=0, description="cosine_with_restarts: number of restarts (cosine: 0.5 = half wave).")
+    num_cycles: float = Field(1.0, gt=0, description=(
+        "cosine: half-waves of the cosine (1 = one decay from the peak to 0); cosine_with_restarts: number of restarts."))
     power: float = Field(1.0, gt=0, description="polynomial decay power.")
     lr_end: float = Field(1e-7, ge=0, description="polynomial: final learning rate.")
     step_size: int = Field(1000, ge=1, description="step: optimizer steps between decays.")
@@ -162,4 +163,7 @@ class TrainConfig(Section):
     def _plateau_schedule_needs_validation(self) -> "TrainConfig":
         if self.schedule.name == "one_cycle" and self.schedule.warmup_steps:
             raise ValueError("schedule.warmup_steps: one_cycle has its own warm-up (pct_start); leave warmup_steps at 0")
+        if self.schedule.name in ("constant", "step", "reduce_on_plateau") and self.schedule.warmup_steps:
+            raise ValueError(f"schedule.warmup_steps: schedule {self.schedule.name} has no warm-up; use "
+                             "constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial, or set it to 0")
         return self
