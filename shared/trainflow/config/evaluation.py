@@ -13,6 +13,24 @@ class CacheConfig(Section):
     batch_size: int = Field(16, ge=1)
     storage_dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"
+    # Supervised caches (trainflow.data.supervised_cache): how the decoded records are stored.
+    compression: Literal["none", "gzip", "lzf"] = Field("none", description="HDF5 filter; lzf is fast, gzip smaller.")
+    compression_level: int = Field(4, ge=1, le=9, description="gzip only.")
+    layout: Literal["chunked", "contiguous"] = Field(
+        "chunked", description="contiguous (uncompressed) lets train.data_loading.mode memmap map the arrays directly.")
+    chunk_kib: int = Field(64, ge=1, description="Target HDF5 chunk size; a chunk holds whole records.")
+    shard_records: int = Field(50_000, ge=1, description="At most this many records per shard file.")
+    shard_mb: float = Field(1024, gt=0, description="At most this many decoded megabytes per shard file.")
+    cache_root: str | None = Field(
+        None, description="A shared folder of caches keyed by their inputs: a run whose dataset and cache settings "
+                          "match reuses the cache there, and a killed build resumes from its last complete shard. "
+                          "Training must see this folder at the same path.")
+
+    @model_validator(mode="after")
+    def _contiguous_is_uncompressed(self) -> "CacheConfig":
+        if self.layout == "contiguous" and self.compression != "none":
+            raise ValueError("layout: contiguous stores arrays uncompressed; set compression: none or layout: chunked")
+        return self
 
 
 class EvaluateConfig(Section):

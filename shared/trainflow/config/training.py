@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig, WorkerCount
 from trainflow.config.platform import DistributedConfig
 from trainflow.config.schema_base import Section
 
@@ -154,7 +155,9 @@ class TrainConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     diffusion: DiffusionTrainingConfig = DiffusionTrainingConfig()
     loss: LossConfig = LossConfig()
-    num_workers: int = Field(0, ge=0)
+    num_workers: WorkerCount = Field(0, description="DataLoader workers; auto: from free CPUs and memory.")
+    transforms: TransformsConfig = TransformsConfig()
+    data_loading: DataLoadingConfig = DataLoadingConfig()
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise-reproducible on CPU; slower on GPU).")
     device: str = "auto"
     distributed: DistributedConfig | None = Field(None, description="Train on several pods through a PyTorchJob/TrainJob (cluster runs only).")

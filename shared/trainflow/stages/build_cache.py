@@ -37,16 +37,18 @@ def build_cache(
     """Encode or decode every record once into the cache folder, for all three splits.
 
     text_to_image: `latents.h5` (see trainflow.diffusion.latent_cache), VAE posteriors
-    and text embeddings. Supervised tasks: `supervised.h5` (see
-    trainflow.data.supervised_cache), decoded uint8 images/masks or feature tables.
+    and text embeddings. Supervised tasks: `supervised.h5` and its shards (see
+    trainflow.data.supervised_cache), decoded uint8 images/masks or feature tables,
+    keyed by the dataset and cache settings (reused and resumable under cache.cache_root).
     Inputs: the ingest_split Dataset folder, the `model` and `cache` config sections.
     Fails with MissingWeightsError when the base model cannot be found.
     """
-    if task != "text_to_image":
-        with timed_stage("build_cache", cache), atomic_directory(cache.path) as staging:
-            cache.metadata.update(build_supervised_cache(dataset_dir, staging))
-        return dict(cache.metadata)
     cfg: CacheConfig = parse_section(CacheConfig, config, "the cache section")
+    if task != "text_to_image":
+        # Keyed by dataset and settings: reused from cache.cache_root when they match, resumed when a build was killed.
+        with timed_stage("build_cache", cache):
+            cache.metadata.update(build_supervised_cache(dataset_dir, cache.path, cfg))
+        return dict(cache.metadata)
     model_cfg: ModelConfig = parse_section(ModelConfig, model_config, "the model section")
     with timed_stage("build_cache", cache):
         device = pick_device(cfg.device)

@@ -96,7 +96,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         # Batch and split errors come before joining the process group: a rendezvous waits for every rank.
         self.micro_batch, self.accumulation = self._resolve_accumulation()
-        self.plan = EpochPlan(self.task.train_dataset(), info, self.seed, self.micro_batch * self.accumulation)
+        self.plan = EpochPlan(self.task.train_dataset(), info, self.seed, self.micro_batch * self.accumulation, cfg.data_loading)
         self.val_set = self.task.val_dataset()
         self.steps_per_epoch = self.plan.steps_per_epoch()
         if self.steps_per_epoch == 0:
@@ -186,6 +186,7 @@ class Trainer:
                     if not micro_batches:
                         break
                     record = self._optimizer_step(micro_batches)
+                    record.update(loader.step_fields())  # data-wait share, batches/s, memory (data.loader_monitor)
                     self._after_step(record)
                     progress.update(1)
                     progress.set_postfix(loss=f"{record['loss']:.4f}")
