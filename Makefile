@@ -39,6 +39,12 @@ compile: setup
 demo-assets: setup
 	$(BIN)/trainflow demo-assets
 
+# The naive per-item PIL loader vs the cache loader vs a raw read of the cache, and streaming memory at
+# 1x and 10x the data (README: Data loading); a few minutes on 2 cores.
+.PHONY: bench-data
+bench-data: setup
+	$(BIN)/python benchmarks/bench_data.py
+
 # Both images from the same constraints.txt; the repository root is the build context.
 images:
 	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
