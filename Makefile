@@ -13,7 +13,7 @@ IMAGE_CUDA = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)
 IMAGE_CPU = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)-cpu
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: setup run test test-fast compile demo-assets images lock clean
+.PHONY: setup run test test-fast compile demo-assets images lock clean bench-train
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ demo-assets: setup
 .PHONY: bench-data
 bench-data: setup
 	$(BIN)/python benchmarks/bench_data.py
+
+# The training engine's speed beside a bare UNet loop and a per-step-encode loop (README: Benchmarks);
+# options: make bench-train BENCH_TRAIN_ARGS="--steps 200" (see benchmarks/bench_train.py --help).
+bench-train: setup
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
 # Both images from the same constraints.txt; the repository root is the build context.
 images:
