@@ -25,6 +25,7 @@ from typing import Any
 
 from trainflow.atomic_files import atomic_write_json
 from trainflow.data.manifest import DATASET_INFO, manifest_sha256
+from trainflow.errors import UserFacingError
 
 FORMAT_VERSION = 2  # bump when the files' layout changes: older keyed caches are then rebuilt, never misread
 PROGRESS_FILE = "build_progress.json"
@@ -54,9 +55,13 @@ class CacheBuildFolder:
         self._lock = None
 
     def __enter__(self) -> "CacheBuildFolder":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / LOCK_FILE, "w")  # noqa: SIM115 - held for the whole build
-        fcntl.flock(self._lock, fcntl.LOCK_EX)  # another run building this key: wait, then reuse its result
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.folder / LOCK_FILE, "w")  # noqa: SIM115 - held for the whole build
+            fcntl.flock(self._lock, fcntl.LOCK_EX)  # another run building this key: wait, then reuse its result
+        except OSError as error:
+            raise UserFacingError(f"cannot build the cache in {self.folder} ({error.strerror or error}); cache.cache_root "
+                                  "must be a writable folder on a filesystem with file locks") from None
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -124,7 +124,7 @@ def build_supervised_cache(dataset_dir: str | Path, output_dir: str | Path, cfg:
                     handle.attrs["shard_root"] = str(build.folder.resolve())
         else:
             build.move_to_output()
-    location = build.folder.resolve() if build.shared else output
+    location = build.folder.resolve() if build.shared else output.resolve()
     return {**{f"num_{split}": len(entries) for split, entries in splits.items()}, "dataset_sha256": dataset_sha256,
             "kind": info["kind"], "cache_key": key, "cache_location": str(location), "reused": reused}
 
