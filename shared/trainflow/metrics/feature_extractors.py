@@ -25,10 +25,10 @@ INCEPTION_INPUT_SIZE = 299
 
 @dataclasses.dataclass
 class FeatureExtractor:
-    """`prepare` runs on the CPU (in DataLoader workers when streaming a folder), `forward` on `device`.
+    """`prepare` runs on the CPU, `forward` on `device`; both take batches.
 
-    Both take batches: prepare maps float images in [0, 1], (N, 3, H, W), to the
-    network's input; forward maps that to features (N, dim).
+    prepare maps float images in [0, 1], (N, 3, H, W), to the network's input;
+    forward maps that to features (N, dim).
     """
 
     name: str
@@ -48,9 +48,9 @@ class FeatureExtractor:
 def resize_for_inception(images: torch.Tensor) -> torch.Tensor:
     """pytorch-fid's InceptionV3 input resize (bilinear to 299x299, align_corners=False).
 
-    It is the same call pytorch-fid makes inside the network, done per batch
-    before the network so images of different sizes can share a batch and the
-    resize can run in loader workers.
+    It is the same call pytorch-fid makes inside the network, made before the
+    network so that images of different sizes can be resized one by one and
+    then share a batch.
     """
     return F.interpolate(images, size=(INCEPTION_INPUT_SIZE, INCEPTION_INPUT_SIZE), mode="bilinear", align_corners=False)
 
@@ -133,8 +133,10 @@ def write_stand_in_inception_weights(path: str | Path, calibration_images: torch
     keep PyTorch's seeded default init; each BatchNorm's running statistics are set
     from `calibration_images` (float (N, 3, H, W) in [0, 1], N ≥ 2), so activations
     stay O(1) through the 94 layers instead of vanishing and the features vary with
-    the image. Not a substitute for the real weights: its features mean nothing
-    beyond this. Returns `path`.
+    the image. Calibrate on images like the ones you will compare (and some variety,
+    e.g. inverted copies): images far from them drive activations to huge values.
+    Not a substitute for the real weights: its features mean nothing beyond this.
+    Returns `path`.
     """
     from pytorch_fid import inception
 

@@ -133,20 +133,23 @@ def _decode_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-class _ImageBatches(torch.utils.data.Dataset):
-    """Item i = batch i of `files`, decoded and prepared; a bad image comes back as an error sentence.
+class _DecodedBatches(torch.utils.data.Dataset):
+    """Item i = batch i of `files` decoded to uint8: one (n, 3, H, W) tensor, or a list when sizes differ.
 
     Whole batches per item keep per-image Python work out of the loop, and an error
-    returned (not raised) in a worker reaches the user as one line, not a worker traceback.
+    returned (not raised) in a worker reaches the user as one line, not a worker
+    traceback. Workers only decode: the resize runs in the main process, because
+    PyTorch's bilinear kernel rounds differently with another thread count, and
+    pytorch-fid resizes in its main process.
     """
 
-    def __init__(self, files: list[Path], batch_size: int, extractor: FeatureExtractor):
-        self.files, self.batch_size, self.prepare = files, batch_size, extractor.prepare
+    def __init__(self, files: list[Path], batch_size: int):
+        self.files, self.batch_size = files, batch_size
 
     def __len__(self) -> int:
         return (len(self.files) + self.batch_size - 1) // self.batch_size
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | list[torch.Tensor] | None, str | None]:
         images = []
         for path in self.files[index * self.batch_size : (index + 1) * self.batch_size]:
             try:
@@ -154,11 +157,18 @@ class _ImageBatches(torch.utils.data.Dataset):
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 return None, f"image {path} cannot be decoded ({exc}); remove or replace it"
         if len({tuple(image.shape) for image in images}) == 1:
-            return self.prepare(torch.stack(images).float().div_(255)), None
-        prepared = [self.prepare(image.unsqueeze(0).float().div_(255)) for image in images]
-        if len({tuple(p.shape) for p in prepared}) > 1:
-            return None, f"images in {self.files[0].parent} have different sizes; this feature extractor needs one size"
-        return torch.cat(prepared), None
+            return torch.stack(images), None
+        return images, None
+
+
+def _network_input(decoded: torch.Tensor | list[torch.Tensor], extractor: FeatureExtractor, folder: Path) -> torch.Tensor:
+    """ToTensor's x / 255, then the extractor's `prepare` (per image when sizes differ, which pytorch-fid cannot batch)."""
+    if isinstance(decoded, torch.Tensor):
+        return extractor.prepare(decoded.float().div_(255))
+    prepared = [extractor.prepare(image.unsqueeze(0).float().div_(255)) for image in decoded]
+    if len({tuple(p.shape) for p in prepared}) > 1:
+        raise UserFacingError(f"images in {folder} have different sizes; the {extractor.name} feature extractor needs one size")
+    return torch.cat(prepared)
 
 
 def _unchanged(item):
@@ -170,18 +180,21 @@ def stream_folder_statistics(
 ) -> FeatureStatistics:
     """Decode `files` in `num_workers` loader processes while the extractor runs; return the accumulated statistics.
 
-    Raises UserFacingError naming the first image that cannot be decoded.
+    Batches hold `batch_size` images (fewer for the last), as in pytorch-fid, so the
+    features are bit-for-bit pytorch-fid's. Raises UserFacingError naming the first
+    image that cannot be decoded.
     """
     stats = FeatureStatistics(extractor.dim, keep_features=keep_features)
     loader = torch.utils.data.DataLoader(
-        _ImageBatches(files, max(1, min(batch_size, len(files))), extractor),
+        _DecodedBatches(files, max(1, min(batch_size, len(files)))),
         batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_unchanged,
     )
     with torch.inference_mode():
-        for images, error in loader:
+        for decoded, error in loader:
             if error is not None:
                 raise UserFacingError(error)
-            stats.update(extractor.forward(images.to(extractor.device)))
+            network_input = _network_input(decoded, extractor, files[0].parent)
+            stats.update(extractor.forward(network_input.to(extractor.device)))
     return stats
 
 
