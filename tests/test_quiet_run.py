@@ -55,6 +55,24 @@ def test_a_failed_stage_shows_its_last_lines_and_its_one_line_error():
     assert stages.failure == ("train", "RuntimeError: CUDA error")
 
 
+class FlushRecorder(io.StringIO):
+    """Remembers what had been written each time it was flushed."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def test_each_stage_line_is_flushed_at_once_so_a_pipe_shows_progress():
+    shown = FlushRecorder()
+    stages = StageReporter(Console(file=shown, width=120, soft_wrap=True), 6)
+    stages.write(kfp_output("train", "SUCCESS", ["train: step 1"]).split("Streamed logs")[0] + "\n")
+    assert shown.flushed and shown.flushed[-1].endswith("[1/6] train             started\n")
+
+
 def test_the_one_line_error_prefers_trainflows_user_error_line():
     lines = ["loading", "trainflow: ingest_split failed: table /d/t.csv has no column 'species'", "", "  "]
     assert one_line_error(lines) == "table /d/t.csv has no column 'species'"
