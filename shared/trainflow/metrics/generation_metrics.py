@@ -1,4 +1,4 @@
-"""Metrics of generated images: FID, prompt accuracy, CLIP score, LPIPS diversity.
+"""Metrics of generated images: FID, prompt accuracy, CLIP score (LPIPS, PSNR, SSIM: metrics.image_quality).
 
 Each function computes a real number or raises; the score stage turns a
 missing optional model into a 'skipped' entry with its reason.
@@ -53,37 +53,53 @@ def prompt_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batc
     return float((predictions == labels).float().mean().item())
 
 
-@torch.no_grad()
-def clip_score(model_folder, images: torch.Tensor, captions: list[str], device: torch.device, batch_size: int = 32) -> float:
-    """torchmetrics CLIPScore (100 * max(cos, 0), averaged) with a CLIP model from a local folder."""
+def load_clip_score(model_folder, device: torch.device):
+    """torchmetrics' CLIPScore over a CLIP model and processor from a local folder, built before any sampling.
+
+    Raises UserFacingError naming the folder when it holds no loadable CLIP model
+    or processor (so a broken folder fails in seconds, not after generation).
+    """
     from torchmetrics.multimodal.clip_score import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
 
-    metric = CLIPScore(model_name_or_path=lambda: (CLIPModel.from_pretrained(model_folder), CLIPProcessor.from_pretrained(model_folder))).to(device)
-    for start in range(0, len(captions), batch_size):
-        pixels = (images[start : start + batch_size] * 255).round().to(torch.uint8).to(device)
-        metric.update(list(pixels), captions[start : start + batch_size])
-    return float(metric.compute().item())
+    try:
+        model, processor = CLIPModel.from_pretrained(model_folder), CLIPProcessor.from_pretrained(model_folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserFacingError(f"CLIP model folder {model_folder} cannot be loaded ({first_line}); fix score.clip_model") from None
+    return CLIPScore(model_name_or_path=lambda: (tensor_feature_clip(model), processor)).to(device)
+
+
+def tensor_feature_clip(model):
+    """Make `model.get_image_features` / `get_text_features` return the projected feature tensor.
+
+    transformers 5 returns a ModelOutput (features in `pooler_output`) where
+    torchmetrics 1.9's CLIPScore expects the tensor and fails with
+    AttributeError; unwrapping changes no number. Returns the same model.
+    """
+    for name in ("get_image_features", "get_text_features"):
+        method = getattr(model, name)
+
+        def features(*args, _method=method, **kwargs):
+            output = _method(*args, **kwargs)
+            return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+        setattr(model, name, features)
+    return model
 
 
 @torch.no_grad()
-def lpips_diversity(images: torch.Tensor, device: torch.device, net: str = "alex", seed: int = 0) -> float:
-    """Mean LPIPS distance over disjoint random pairs of generated images (higher = more diverse).
+def clip_score(metric, images: torch.Tensor, captions: list[str], batch_size: int = 32) -> float:
+    """torchmetrics CLIPScore (100 * max(cos, 0), averaged over images) of images in [0, 1] against their captions.
 
-    A model that collapses to a few outputs scores near 0. Needs the backbone's
-    ImageNet weights in TORCH_HOME (checked by the caller).
+    `metric` comes from load_clip_score; it is reset first, so one metric scores several models.
+    Images go in as uint8, as saved PNGs would.
     """
-    import lpips
-
-    if images.shape[0] < 2:
-        raise UserFacingError("LPIPS diversity needs at least 2 generated images")
-    model = lpips.LPIPS(net=net, verbose=False).to(device).eval()
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
-    pairs = order[: (len(order) // 2) * 2].view(-1, 2)
-    scaled = images * 2 - 1
-    if scaled.shape[-1] < 64:  # AlexNet's strided stem needs some room
-        scaled = torch.nn.functional.interpolate(scaled, size=(64, 64), mode="bilinear", align_corners=False)
-    distances = []
-    for chunk in pairs.split(64):
-        distances.append(model(scaled[chunk[:, 0]].to(device), scaled[chunk[:, 1]].to(device)).flatten().cpu())
-    return float(torch.cat(distances).mean().item())
+    if len(captions) != images.shape[0]:
+        raise UserFacingError(f"CLIP score needs one caption per image, got {len(captions)} captions for {images.shape[0]} images")
+    metric.reset()
+    device = metric.device
+    for start in range(0, len(captions), batch_size):
+        pixels = (images[start : start + batch_size].clamp(0, 1) * 255).round().to(torch.uint8).to(device)
+        metric.update(list(pixels), captions[start : start + batch_size])
+    return float(metric.compute().item())

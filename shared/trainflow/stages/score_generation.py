@@ -1,4 +1,4 @@
-"""Stage 5: generate images for the test captions and score them (FID, prompt accuracy, CLIP, LPIPS)."""
+"""Stage 5: generate images for the test captions and score them (FID, prompt accuracy, CLIP, LPIPS, PSNR, SSIM)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from trainflow.data.manifest import read_manifest
 from trainflow.devices import pick_device
 from trainflow.diffusion.generation import generate_images, load_generation_pipeline
 from trainflow.diffusion.model_loading import resolve_pipeline_folder
-from trainflow.errors import MissingWeightsError
+from trainflow.errors import UserFacingError
 from trainflow.metrics import generation_metrics as gm
+from trainflow.metrics import image_quality as iq
 from trainflow.metrics.feature_extractors import load_feature_extractor
-from trainflow.metrics.weights import hf_model_folder, lpips_backbone_weights
+from trainflow.metrics.weights import hf_model_folder
 from trainflow.models.image_classifier import load_classifier
 from trainflow.report.sample_grid import sample_grid_html
 
@@ -40,8 +41,12 @@ def score_generation(
 
     Required: the FID feature extractor's weights (MissingWeightsError names the file).
     Optional: prompt accuracy (needs labels and score.prompt_classifier), CLIP score
-    (score.clip_model), LPIPS diversity (backbone in TORCH_HOME); when one cannot be
-    computed it is listed under `skipped` with the reason, never given a value.
+    (score.clip_model), LPIPS to the reference image and LPIPS diversity (backbone in
+    TORCH_HOME, score.lpips); PSNR/SSIM to the reference image need no weights. Every
+    scorer is built before any image is generated, so a missing or broken model is
+    reported in seconds: required ones raise, optional ones are listed under `skipped`
+    with the reason, never given a value. Generated images are quantised to uint8
+    levels, as saved PNGs are, before any metric sees them.
     Outputs: `metrics` (numbers; base model values prefixed `base_`), `report` (HTML sample grid).
     """
     cfg: ScoreConfig = parse_section(ScoreConfig, config, "the score section")
@@ -58,6 +63,7 @@ def score_generation(
         resolution = real.shape[-1]
         real_features = extractor(real)
         gm.check_informative(real_features, "the real test images")
+        scorers, skipped = _build_scorers(cfg, entries, real, device, seed)
 
         models = {"": Path(model_dir)}
         if cfg.compare_with_base:
@@ -65,19 +71,17 @@ def score_generation(
         generated: dict[str, torch.Tensor] = {}
         for prefix, folder in models.items():
             pipe = load_generation_pipeline(folder, cfg.generation.sampler, device)
-            generated[prefix] = generate_images(
+            generated[prefix] = iq.quantise_like_png(generate_images(
                 pipe, captions, resolution, cfg.generation.num_inference_steps, cfg.generation.guidance_scale,
                 cfg.generation.batch_size, seed + GENERATION_SEED_OFFSET, label="base model" if prefix else "fine-tuned model",
-            )
+            ))
             del pipe
 
         values: dict[str, float] = {}
-        skipped: dict[str, str] = {}
         for prefix, images in generated.items():
             values[f"{prefix}fid"] = gm.fid(extractor, real, images, real_features=real_features)
-        _optional_metric("prompt_accuracy", generated, values, skipped, lambda: _prompt_accuracy_scorer(cfg, entries, device))
-        _optional_metric("clip_score", generated, values, skipped, lambda: _clip_scorer(cfg, captions, device))
-        _optional_metric("lpips_diversity", generated, values, skipped, lambda: _lpips_scorer(cfg, device, seed))
+            for name, scorer in scorers.items():
+                values[f"{prefix}{name}"] = scorer(images)
 
         metrics.metadata.update(values)
         metrics.metadata["num_prompts"] = len(captions)
@@ -94,20 +98,31 @@ def score_generation(
     return {"metrics": values, "skipped": skipped, "fid_features": extractor.name}
 
 
-def _optional_metric(
-    name: str, generated: dict[str, torch.Tensor], values: dict[str, float], skipped: dict[str, str],
-    make_scorer: Callable[[], Callable[[torch.Tensor], float] | str],
-) -> None:
-    """Build the metric's scorer; a reason string (or missing weights) means 'skipped'."""
-    try:
-        scorer = make_scorer()
-    except MissingWeightsError as exc:
-        scorer = str(exc)
-    if isinstance(scorer, str):
-        skipped[name] = scorer
-        return
-    for prefix, images in generated.items():
-        values[f"{prefix}{name}"] = scorer(images)
+def _build_scorers(cfg: ScoreConfig, entries, real: torch.Tensor, device, seed: int) -> tuple[dict[str, Callable[[torch.Tensor], float]], dict[str, str]]:
+    """Every optional metric's scorer, built now (before generating), and the reasons for those that cannot run."""
+    scorers: dict[str, Callable[[torch.Tensor], float]] = {
+        "psnr": lambda images: iq.psnr(images, real),
+        "ssim": lambda images: iq.ssim(images, real),
+    }
+    skipped: dict[str, str] = {}
+    makers = {
+        "prompt_accuracy": lambda: _prompt_accuracy_scorer(cfg, entries, device),
+        "clip_score": lambda: _clip_scorer(cfg, [e.caption for e in entries], device),
+        "lpips": lambda: _lpips_scorers(cfg, real, device, seed),
+    }
+    for name, make in makers.items():
+        try:
+            built = make()
+        except UserFacingError as exc:  # missing or unreadable weights of an optional metric
+            built = str(exc)
+        if isinstance(built, str):
+            for metric in (("lpips", "lpips_diversity") if name == "lpips" else (name,)):
+                skipped[metric] = built
+        elif isinstance(built, dict):
+            scorers.update(built)
+        else:
+            scorers[name] = built
+    return scorers, skipped
 
 
 def _prompt_accuracy_scorer(cfg: ScoreConfig, entries, device):
@@ -125,12 +140,15 @@ def _prompt_accuracy_scorer(cfg: ScoreConfig, entries, device):
 def _clip_scorer(cfg: ScoreConfig, captions: list[str], device):
     if not cfg.clip_model:
         return "no score.clip_model configured"
-    folder = hf_model_folder(cfg.clip_model)
-    return lambda images: gm.clip_score(folder, images, captions, device)
+    metric = gm.load_clip_score(hf_model_folder(cfg.clip_model), device)
+    return lambda images: gm.clip_score(metric, images, captions)
 
 
-def _lpips_scorer(cfg: ScoreConfig, device, seed: int):
+def _lpips_scorers(cfg: ScoreConfig, real: torch.Tensor, device, seed: int):
     if not cfg.lpips:
         return "score.lpips is false"
-    lpips_backbone_weights("alex")
-    return lambda images: gm.lpips_diversity(images, device, seed=seed)
+    model = iq.load_lpips(device)
+    return {
+        "lpips": lambda images: iq.lpips_to_reference(model, images, real),
+        "lpips_diversity": lambda images: iq.lpips_diversity(model, images, seed=seed),
+    }
