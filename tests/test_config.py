@@ -102,7 +102,7 @@ def test_cli_prints_one_line_naming_the_field_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("verb", [[], ["run"], ["compile"], ["validate"], ["check-data"], ["demo-assets"], ["fid"], ["train-worker"], ["submit"], ["schedule"], ["runs"]])
+@pytest.mark.parametrize("verb", [[], ["run"], ["compile"], ["validate"], ["check-data"], ["demo-assets"], ["fid"], ["train-worker"], ["submit"], ["schedule"], ["runs"], ["compare"], ["weights"], ["weights", "check"], ["weights", "fetch"]])
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "trainflow", *verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: trainflow" in result.stdout

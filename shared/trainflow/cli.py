@@ -87,6 +87,24 @@ def _demo_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_check(args: argparse.Namespace) -> int:
+    from trainflow.config import load_config
+    from trainflow.metrics.weights_inventory import inventory_lines, weights_needed
+
+    lines, all_required = inventory_lines(weights_needed(load_config(args.config, check_local_paths=False)))
+    print("\n".join(lines))
+    return 0 if all_required else 1
+
+
+def _weights_fetch(args: argparse.Namespace) -> int:
+    from trainflow.config import load_config
+    from trainflow.metrics.weights_inventory import fetch_weights, weights_needed
+
+    done, failed = fetch_weights(weights_needed(load_config(args.config, check_local_paths=False)), args.to)
+    print("\n".join(done + failed) or "nothing to fetch: this config names only local weight files")
+    return 1 if failed else 0
+
+
 def _fid(args: argparse.Namespace) -> int:
     from trainflow.metrics.fid_command import FidOptions, run_fid
 
@@ -196,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
     demo.set_defaults(handler=_demo_assets)
+
+    weights = verbs.add_parser("weights", help="list or fetch every weight file a config needs (for air-gapped clusters)", description="check: list each weight file the config's base model and metrics need, present or missing, with the path it is expected at (HF_HOME / TORCH_HOME layout); exit 0 when every required one is present, 1 when not. fetch: download them, where a hub is reachable, into a folder laid out as HF_HOME and TORCH_HOME, to copy into the cluster's weights cache.")
+    weights_verbs = weights.add_subparsers(dest="weights_verb", required=True)
+    weights_check = weights_verbs.add_parser("check", help="list needed weights: present, missing, expected path", description="List every weight file the config needs with present/missing and its expected path; exit 1 when a required one is missing.")
+    weights_check.add_argument("--config", required=True, help="run YAML")
+    weights_check.set_defaults(handler=_weights_check)
+    weights_fetch = weights_verbs.add_parser("fetch", help="download needed weights into DIR (HF_HOME + TORCH_HOME layout)", description="Download every hub model and torch.hub file the config needs into DIR: hub models as DIR/hub/models--org--name (HF_HOME), torch files as DIR/hub/checkpoints/<file> (TORCH_HOME). Exit 1 when any download failed, one line per file.")
+    weights_fetch.add_argument("--config", required=True, help="run YAML")
+    weights_fetch.add_argument("--to", required=True, metavar="DIR", help="folder to fill; copy it into the weights-cache volume")
+    weights_fetch.set_defaults(handler=_weights_fetch)
 
     fid = verbs.add_parser("fid", help="FID (and KID) between two image folders or .npz statistics; a drop-in for python -m pytorch_fid", description="Compute the FID between two image folders (images directly inside, as pytorch-fid reads them) or pytorch-fid .npz statistics files, with pytorch-fid's InceptionV3 and a Frechet distance that stays finite for singular covariances. Prints 'FID:  <value>' like pytorch-fid. Weights: $TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth or --weights.")
     fid.add_argument("path", nargs="+", metavar="DIR_OR_NPZ", help="two inputs to compare; one is enough with --save-stats")
