@@ -3,8 +3,10 @@
 Same classes as stable-diffusion-v1-5 (UNet2DConditionModel, AutoencoderKL,
 CLIPTextModel + CLIPTokenizer, DDPMScheduler), only far smaller, so the whole
 pipeline trains on a laptop CPU. The VAE is trained briefly on the digits so
-its latents decode back to digits; the UNet and text encoder stay random —
-teaching the UNet is the pipeline's job.
+its latents decode back to digits; the text encoder stays random. The UNet is
+random too, unless `unet_pretrain_steps` is given: then it is pretrained on the
+digits with one caption that never names the digit (demo.unet_pretraining), so
+it draws digits but cannot follow a prompt — teaching it that is the pipeline's job.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from trainflow.atomic_files import atomic_directory
 from trainflow.demo.classifier_training import images_to_tensor
 from trainflow.demo.digits_dataset import DEMO_RESOLUTION, DIGIT_WORDS, digit_caption, digits_as_images
+from trainflow.demo.unet_pretraining import pretrain_unet
+from trainflow.metrics.image_quality import psnr, quantise_like_png, ssim
 
 MAX_CAPTION_TOKENS = 16
 TOKEN_EMBEDDING_GAIN = 10.0
@@ -123,22 +127,42 @@ def train_vae(vae: AutoencoderKL, steps: int, seed: int, batch_size: int = 32) -
     return recon_mse
 
 
-def build_tiny_pipeline(folder: str | Path, seed: int = 0, vae_steps: int = 200) -> dict[str, float]:
-    """Write the tiny base pipeline to `folder` (diffusers layout, safetensors); returns VAE facts."""
+@torch.no_grad()
+def vae_reconstruction_quality(vae: AutoencoderKL, count: int = 256) -> dict[str, float]:
+    """PSNR (dB) and SSIM of the VAE's reconstructions (posterior mean, PNG-quantised) of the first `count` digits.
+
+    Data range 1.0 on [0, 1] images. A VAE that cannot reconstruct digits caps what any UNet can draw.
+    """
+    images, _ = digits_as_images()
+    originals = images_to_tensor(images[:count])
+    decoded = vae.decode(vae.encode(originals * 2 - 1).latent_dist.mean).sample
+    reconstructions = quantise_like_png((decoded + 1) / 2)
+    return {"vae_reconstruction_psnr": psnr(reconstructions, originals), "vae_reconstruction_ssim": ssim(reconstructions, originals)}
+
+
+def build_tiny_pipeline(folder: str | Path, seed: int = 0, vae_steps: int = 200, unet_pretrain_steps: int = 0) -> dict[str, float]:
+    """Write the tiny base pipeline to `folder` (diffusers layout, safetensors); returns facts about it.
+
+    Facts: VAE reconstruction MSE, PSNR, SSIM and scaling factor; with
+    `unet_pretrain_steps` > 0 also the UNet pretraining loss, steps and CPU seconds.
+    """
     tokenizer = build_caption_tokenizer(caption_words())
     text_encoder = build_text_encoder(len(tokenizer), seed)
     vae = build_vae()
     recon_mse = train_vae(vae, vae_steps, seed)
+    facts = {"vae_reconstruction_mse": recon_mse, "vae_scaling_factor": vae.config.scaling_factor, **vae_reconstruction_quality(vae)}
     torch.manual_seed(seed + 1)
     unet = build_unet(cross_attention_dim=text_encoder.config.hidden_size)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
         prediction_type="epsilon", clip_sample=False, steps_offset=1,
     )
+    if unet_pretrain_steps > 0:
+        facts.update(pretrain_unet(unet, vae, tokenizer, text_encoder, scheduler, unet_pretrain_steps, seed))
     pipeline = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     with atomic_directory(folder) as staging:
         pipeline.save_pretrained(staging, safe_serialization=True)
-    return {"vae_reconstruction_mse": recon_mse, "vae_scaling_factor": vae.config.scaling_factor}
+    return facts
