@@ -13,7 +13,7 @@ IMAGE_CUDA = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)
 IMAGE_CPU = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)-cpu
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: setup run test test-fast compile demo-assets images lock clean bench-train
+.PHONY: setup run test test-fast compile demo-assets images lock clean report-screenshot bench-train
 
 setup: $(STAMP)
 
@@ -66,6 +66,20 @@ lock: setup
 	{ echo "# Exact versions for every environment (make and both images/Dockerfile.* install with -c)."; \
 	  echo "# Regenerate after changing pyproject.toml: make lock"; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^trainflow'; } > constraints.txt
+
+# Build a small evaluation report (digits classifier, a few epochs) and screenshot it in headless Chromium:
+# .trainflow/report-screenshot/report.png. Installs Debian's chromium when missing and run as root with apt-get.
+report-screenshot: setup
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "report-screenshot: /usr/bin/chromium is missing; installing Debian's chromium with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || exit 1; \
+	  else \
+	    echo "report-screenshot: /usr/bin/chromium is missing and cannot be installed here (needs root and apt-get); install Chromium, then run make report-screenshot again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	$(BIN)/python -m trainflow.report.browser_screenshot --out .trainflow/report-screenshot
 
 clean:
 	rm -rf .trainflow build

@@ -37,6 +37,9 @@ class EvaluateConfig(Section):
     batch_size: int = Field(32, ge=1)
     device: str = "auto"
     bootstrap_resamples: int = Field(1000, ge=0, description="Seeded bootstrap resamples for 95% intervals; 0 turns intervals off.")
+    score_last_checkpoint: bool = Field(True, description=(
+        "Also score the last checkpoint (from the train stage's checkpoint folder), so the report shows what "
+        "early stopping bought; reported as absent, with the reason, when that folder is not reachable."))
 
 
 class FeatureExtractorConfig(Section):

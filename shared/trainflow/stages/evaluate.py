@@ -1,9 +1,14 @@
-"""Stage 4: score the best checkpoint on the untouched test split (and, for text-to-image, the base model too)."""
+"""Stage 4: score the best checkpoint on the untouched test split, and the last one beside it.
+
+text_to_image: per-record test denoising loss of the fine-tuned (best), last and base models.
+Supervised: the task's metrics with bootstrap intervals for the best and last checkpoints.
+Outputs: the numbers (Metrics), per-record outputs for later comparisons (predictions),
+a self-contained HTML report, a Markdown summary and, for classifiers, KFP ClassificationMetrics.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -12,15 +17,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainflow.artifacts import ArtifactLike, timed_stage
-from trainflow.atomic_files import atomic_write_json
-from trainflow.config import EvaluateConfig, ModelConfig, parse_section
+from trainflow.atomic_files import atomic_write_json, atomic_write_text
+from trainflow.compare.checkpoint_models import LastCheckpoint, load_checkpoint_weights, read_last_checkpoint
+from trainflow.compare.paired import compare_arrays
+from trainflow.compare.record_outputs import (
+    HEADLINE_METRICS, RecordOutputs, metric_function, save_record_outputs, test_record_ids,
+)
+from trainflow.config import EvaluateConfig, ModelConfig, TrainConfig, parse_section
+from trainflow.data.cache_attrs import read_cache_dataset_hash
 from trainflow.devices import pick_device
 from trainflow.errors import UserFacingError
+from trainflow.metrics.bootstrap import bootstrap_intervals
 from trainflow.training.run_training import TRAINING_RECORD
 
 TEST_SEED_OFFSET = 2_000_003
-HEADLINE_METRICS = {"classification": ["accuracy", "f1_macro"], "regression": ["r2", "rmse", "mae"],
-                    "segmentation": ["mean_iou", "mean_dice", "pixel_accuracy"]}
+RECORD_FACTS = ("best_step", "best_epoch", "best_value", "monitor", "steps_run", "epochs_run", "stop_reason", "stop_kind")
 
 
 def read_training_record(model_dir: str | Path) -> dict[str, Any]:
@@ -39,37 +50,133 @@ def autocast_for(precision: str, device: torch.device):
 
 def evaluate(
     cache_dir: str, model_dir: str, model_config: dict[str, Any], config: dict[str, Any], seed: int,
-    metrics: ArtifactLike, task: str = "text_to_image",
+    metrics: ArtifactLike, task: str = "text_to_image", report: ArtifactLike | None = None,
+    summary: ArtifactLike | None = None, predictions: ArtifactLike | None = None,
+    classification: ArtifactLike | None = None,
 ) -> dict[str, Any]:
-    """Score the train stage's model (its best checkpoint, never the last) on the test split.
+    """Score the train stage's model (its best checkpoint) and its last checkpoint on the test split.
 
-    text_to_image: test denoising loss of the fine-tuned and the base model with the
-    same per-record noise. Supervised: the task's metrics with seeded bootstrap 95%
-    intervals for the headline ones (and, for tables, a scikit-learn baseline fitted
-    on the same train split). The metrics artifact's metadata holds the numbers; its
-    file holds everything as JSON (confusion matrix, per-class values, intervals).
+    Inputs: the build_cache output, the train output (model folder with trainflow_training.json),
+    the model and evaluate sections, the run seed, the task.
+    Outputs: `metrics` (numbers in metadata, everything as JSON in its file: intervals, per-class
+    values, best-vs-last comparison, the last checkpoint's scores or why they are absent);
+    optional `predictions` (folder, see trainflow.compare.record_outputs), `report` (HTML),
+    `summary` (Markdown), `classification` (KFP ClassificationMetrics; classifiers only).
+    Raises UserFacingError on an empty test split or a model folder not written by the train stage.
     """
     cfg: EvaluateConfig = parse_section(EvaluateConfig, config, "the evaluate section")
     model_cfg: ModelConfig = parse_section(ModelConfig, model_config, "the model section")
-    with timed_stage("evaluate", metrics):
+    outputs = [a for a in (report, summary, predictions, classification) if a is not None]
+    with timed_stage("evaluate", metrics, *outputs):
         record = read_training_record(model_dir)
         device = pick_device(cfg.device)
+        last = _last_checkpoint(record, cache_dir, cfg)
         if task == "text_to_image":
-            results = _text_to_image_results(cache_dir, model_dir, model_cfg, cfg, seed, record, device)
+            scored = _text_to_image_outputs(cache_dir, model_dir, model_cfg, cfg, seed, record, device, last)
         else:
-            results = _supervised_results(cache_dir, model_dir, cfg, seed, task, record, device)
-        facts = {"best_step": record["best_step"], "best_epoch": record["best_epoch"], "best_value": record["best_value"],
-                 "monitor": record["monitor"], "steps_run": record["steps_run"], "epochs_run": record["epochs_run"],
-                 "stop_reason": record["stop_reason"], "stop_kind": record["stop_kind"]}
+            scored = _supervised_outputs(cache_dir, model_dir, cfg, device, last)
+        scored.seed = seed
+        results = _scores(scored, cfg, seed, last)
+        if task == "regression" and _table_model(model_dir):
+            results.update(_linear_baseline(cache_dir, metric_function(task, scored.names)))
+        facts = {key: record.get(key) for key in RECORD_FACTS}
         numbers = {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics.metadata.update({**numbers, **{k: v for k, v in facts.items() if v is not None}})
         atomic_write_json(metrics.path, {**results, **facts})
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if "/" not in k and not k.startswith("num_"))
+        _write_views(scored, results, record, report, summary, predictions, classification)
+        shown = ", ".join(f"{k} {results[k]:.4g}" for k in HEADLINE_METRICS[task] + [f"last_{k}" for k in HEADLINE_METRICS[task]]
+                          if isinstance(results.get(k), float))
         print(f"evaluate: {shown}; best step {record['best_step']} of {record['steps_run']} ({record['stop_reason']})")
     return {**results, **facts}
 
 
-def _text_to_image_results(cache_dir, model_dir, model_cfg, cfg, seed, record, device) -> dict[str, Any]:
+def _last_checkpoint(record: dict[str, Any], cache_dir: str, cfg: EvaluateConfig) -> LastCheckpoint:
+    if record.get("best_step") is not None and record.get("best_step") == record.get("steps_run"):
+        return LastCheckpoint(None, None, record["steps_run"])  # the best is the last: its scores are the best's
+    if not cfg.score_last_checkpoint:
+        return LastCheckpoint(None, "evaluate.score_last_checkpoint is off")
+    return read_last_checkpoint(record, read_cache_dataset_hash(cache_dir))
+
+
+def _scores(scored: RecordOutputs, cfg: EvaluateConfig, seed: int, last: LastCheckpoint) -> dict[str, Any]:
+    """Best-checkpoint metrics with intervals; the last checkpoint's (and the base's) beside them, with paired comparisons."""
+    metric_fn = metric_function(scored.task, scored.names)
+    results: dict[str, Any] = {**metric_fn(**scored.arrays("best")), "num_test": len(scored.record_ids)}
+    headline = [k for k in HEADLINE_METRICS[scored.task] if isinstance(results.get(k), float)]
+    if cfg.bootstrap_resamples:
+        intervals = bootstrap_intervals(metric_fn, scored.arrays("best"), headline, n_resamples=cfg.bootstrap_resamples, seed=seed)
+        for key, (low, high) in intervals.items():
+            results[f"{key}_ci_low"], results[f"{key}_ci_high"] = low, high
+    if "base" in scored.outputs:
+        results.update({f"base_{k}": v for k, v in metric_fn(**scored.arrays("base")).items() if k in headline})
+        results["vs_base"] = _comparisons(metric_fn, scored, ("best", "fine-tuned"), ("base", "base"), headline, cfg, seed)
+    if last.step is not None:
+        results["last_step"] = last.step
+    source = "last" if "last" in scored.outputs else "best" if last.reason is None else None
+    if source is None:
+        results["last_checkpoint_skipped"] = last.reason
+        return results
+    last_metrics = metric_fn(**scored.arrays(source))
+    results.update({f"last_{k}": last_metrics[k] for k in headline if isinstance(last_metrics.get(k), float)})
+    results["last_metrics"] = last_metrics
+    if source == "best":
+        results["last_is_best"] = True
+    else:
+        results["best_vs_last"] = _comparisons(metric_fn, scored, ("best", "best"), ("last", "last"), headline, cfg, seed)
+    return results
+
+
+def _comparisons(metric_fn, scored: RecordOutputs, a: tuple[str, str], b: tuple[str, str], keys: list[str],
+                 cfg: EvaluateConfig, seed: int) -> dict[str, Any]:
+    """Paired comparisons of sources a and b ((source, name in verdicts)) on each key."""
+    if not cfg.bootstrap_resamples:
+        return {}
+    compared: dict[str, Any] = {}
+    for key in keys:
+        try:
+            compared[key] = compare_arrays(metric_fn, scored.arrays(a[0]), scored.arrays(b[0]), key,
+                                           n_resamples=cfg.bootstrap_resamples, seed=seed, names=(a[1], b[1]))
+        except UserFacingError as error:  # undefined in too many resamples: say so instead of a number
+            compared[key] = {"skipped": str(error)}
+    return compared
+
+
+def _write_views(scored, results, record, report, summary, predictions, classification) -> None:
+    from trainflow.report.evaluation_report import evaluation_html, evaluation_markdown
+
+    if predictions is not None:
+        save_record_outputs(predictions.path, scored)
+        predictions.metadata.update({"task": scored.task, "records": len(scored.record_ids), "sources": list(scored.outputs)})
+    if classification is not None and scored.task == "classification":
+        from trainflow.report.kfp_classification import log_classification_metrics
+
+        log_classification_metrics(classification, results["confusion_matrix"], scored.outputs["best"], scored.truth,
+                                   scored.names)
+    if report is not None:
+        atomic_write_text(report.path, evaluation_html(scored, results, record))
+    if summary is not None:
+        atomic_write_text(summary.path, evaluation_markdown(scored.task, results, record))
+
+
+def _supervised_outputs(cache_dir, model_dir, cfg: EvaluateConfig, device, last: LastCheckpoint) -> RecordOutputs:
+    from trainflow.compare.record_outputs import supervised_test_outputs
+    from trainflow.tasks.supervised import load_supervised_model
+
+    model, meta = load_supervised_model(model_dir)
+    best, truth = supervised_test_outputs(model, meta, cache_dir, cfg.batch_size, device)
+    outputs = {"best": best}
+    if last.checkpoint is not None:
+        try:
+            rebuilt = load_checkpoint_weights(load_supervised_model(model_dir)[0], last.checkpoint)
+            outputs["last"] = supervised_test_outputs(rebuilt, meta, cache_dir, cfg.batch_size, device)[0]
+        except ValueError as error:
+            last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
+    names = meta["target_names"] if meta["task"] == "regression" else meta["class_names"]
+    return RecordOutputs(meta["task"], list(names), truth, outputs, test_record_ids(cache_dir),
+                         read_cache_dataset_hash(cache_dir))
+
+
+def _text_to_image_outputs(cache_dir, model_dir, model_cfg, cfg, seed, record, device, last: LastCheckpoint) -> RecordOutputs:
     from diffusers import DDPMScheduler
 
     from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
@@ -83,61 +190,38 @@ def _text_to_image_results(cache_dir, model_dir, model_cfg, cfg, seed, record, d
     scheduler = DDPMScheduler.from_pretrained(Path(model_dir) / "scheduler")
 
     @torch.no_grad()
-    def test_loss(folder: Path) -> float:
-        unet, text_encoder = load_trained_parts(folder)
+    def record_losses(unet, text_encoder) -> torch.Tensor:
+        """Per-record loss with the noise and timestep fixed by each record's index, identical for every model."""
         unet, text_encoder = unet.to(device).eval(), text_encoder.to(device).eval() if text_encoder is not None else None
-        total, count = 0.0, 0
+        losses = []
         with autocast_for(record.get("mixed_precision", "no"), device):
             for batch in DataLoader(test_set, batch_size=cfg.batch_size, shuffle=False):
                 text = text_encoder(batch["input_ids"].to(device))[0] if text_encoder is not None else batch["text"].to(device)
-                losses = fixed_noise_record_losses(unet, scheduler, batch["moments"].to(device), text, batch["index"],
-                                                   scaling, seed + TEST_SEED_OFFSET)
-                total, count = total + float(losses.sum()), count + losses.numel()
-        return total / count
+                losses.append(fixed_noise_record_losses(unet, scheduler, batch["moments"].to(device), text, batch["index"],
+                                                        scaling, seed + TEST_SEED_OFFSET).double().cpu())
+        return torch.cat(losses)
 
-    return {"test_loss": test_loss(Path(model_dir)),
-            "base_test_loss": test_loss(resolve_pipeline_folder(model_cfg.base, model_cfg.revision)),
-            "num_test": len(test_set)}
+    outputs = {"best": record_losses(*load_trained_parts(Path(model_dir))),
+               "base": record_losses(*load_trained_parts(resolve_pipeline_folder(model_cfg.base, model_cfg.revision)))}
+    if last.checkpoint is not None:
+        from trainflow.tasks import build_task
 
-
-@torch.no_grad()
-def _supervised_results(cache_dir, model_dir, cfg, seed, task, record, device) -> dict[str, Any]:
-    from trainflow.data.supervised_cache import SupervisedCache
-    from trainflow.metrics import supervised as sm
-    from trainflow.tasks.supervised import load_supervised_model, model_outputs
-
-    test_set = SupervisedCache(cache_dir, "test")
-    if len(test_set) == 0:
-        raise UserFacingError("the test split is empty; ingest more records or change ingest.split")
-    model, meta = load_supervised_model(model_dir)
-    model = model.to(device)
-    outputs, truths = [], []
-    for batch in DataLoader(test_set, batch_size=cfg.batch_size, shuffle=False):
-        outputs.append(model_outputs(model, meta, batch["inputs"].to(device)).cpu())
-        truths.append(batch["label"] if task == "classification" else batch["targets"] if task == "regression" else batch["mask"])
-    predicted, truth = torch.cat(outputs), torch.cat(truths)
-    if task == "classification":
-        metric_fn = functools.partial(sm.classification_metrics, class_names=meta["class_names"])
-        arrays = {"probabilities": predicted.double(), "labels": truth}
-    elif task == "regression":
-        metric_fn = functools.partial(sm.regression_metrics, target_names=meta["target_names"])
-        arrays = {"predictions": predicted.double(), "targets": truth.double()}
-    else:
-        metric_fn = functools.partial(sm.segmentation_metrics, class_names=meta["class_names"])
-        arrays = {"predicted": predicted.argmax(1), "masks": truth}
-    results = dict(metric_fn(**arrays))
-    if cfg.bootstrap_resamples:
-        keys = [k for k in HEADLINE_METRICS[task] if isinstance(results.get(k), float)]
-        intervals = sm.bootstrap_intervals(metric_fn, arrays, keys, n_resamples=cfg.bootstrap_resamples, seed=seed)
-        for key, (low, high) in intervals.items():
-            results[f"{key}_ci_low"], results[f"{key}_ci_high"] = low, high
-    if task == "regression" and meta.get("kind") == "table":
-        results.update(_linear_baseline(cache_dir, meta, metric_fn))
-    results["num_test"] = len(test_set)
-    return results
+        train_cfg = parse_section(TrainConfig, record["train_config"], "the training record's train section")
+        try:
+            model = load_checkpoint_weights(build_task("text_to_image", Path(cache_dir), model_cfg, train_cfg, seed).build_model(),
+                                            last.checkpoint)
+            outputs["last"] = record_losses(model.unet, model.text_encoder)
+        except ValueError as error:
+            last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
+    return RecordOutputs("text_to_image", [], None, outputs, test_record_ids(cache_dir), read_cache_dataset_hash(cache_dir))
 
 
-def _linear_baseline(cache_dir, meta, metric_fn) -> dict[str, float]:
+def _table_model(model_dir: str) -> bool:
+    config = Path(model_dir) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("meta", {}).get("kind") == "table"
+
+
+def _linear_baseline(cache_dir, metric_fn) -> dict[str, float]:
     """scikit-learn's LinearRegression fitted on the same train split, scored on the same test split."""
     from sklearn.linear_model import LinearRegression
 
