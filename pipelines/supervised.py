@@ -85,6 +85,8 @@ def build_supervised_pipeline(settings: PodSettings):
             dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
             eval_metrics=evaluate_task.outputs["metrics"], register_config=register_config, run_name=run_name,
             params=params,
+            # beat_champion gates: the candidate's per-record outputs, and the test split to run the champion on.
+            predictions=evaluate_task.outputs["predictions"], cache=cache_task.outputs["cache"], task=task, seed=seed,
         )
         place(register_task, settings, cpu="1", memory="4G", retries=3, volumes=False, mlflow=True)
 

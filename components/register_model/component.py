@@ -1,6 +1,6 @@
 from typing import Optional
 
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.component_defaults import trainflow_component
 
@@ -9,19 +9,24 @@ from components.component_defaults import trainflow_component
 def register_model(
     dataset: Input[Dataset], model: Input[Model], eval_metrics: Input[Metrics],
     register_config: dict, run_name: str, params: dict, report: Output[Markdown],
-    score_metrics: Optional[Input[Metrics]] = None,
+    score_metrics: Optional[Input[Metrics]] = None, predictions: Optional[Input[Artifact]] = None,
+    cache: Optional[Input[Dataset]] = None, task: str = "text_to_image", seed: int = 0,
 ):
     """Log the run to MLflow and register a model version only if the configured gates pass.
 
     dataset / model / eval_metrics / score_metrics: outputs of the earlier stages
       (score_metrics only in the text-to-image pipeline).
-    register_config: the `register` section (model name, experiment, tracking URI, gates).
-    params: the whole run config, logged as MLflow params.
-    report: Markdown saying the registered version, or why it was not registered.
+    predictions / cache: the evaluate stage's per-record outputs and the build_cache output; beat_champion
+      gates run the champion (the registered model's champion alias) on that cache's test split and compare.
+    register_config: the `register` section (model name, experiment, tracking URI, gates, champion alias).
+    params: the whole run config, logged as MLflow params. task, seed: the run's.
+    report: Markdown saying the registered version (which takes the champion alias), or why it was not registered.
     """
     from trainflow.stage_runner import run_stage
     from trainflow.stages.register_model import register_model as stage
 
     run_stage(stage, model_dir=model.path, dataset_metadata=dataset.metadata,
               eval_metrics=eval_metrics.metadata, score_metrics=score_metrics.metadata if score_metrics else {},
-              config=register_config, run_name=run_name, params=params, report=report)
+              config=register_config, run_name=run_name, params=params, report=report, task=task,
+              predictions_dir=predictions.path if predictions else None, cache_dir=cache.path if cache else None,
+              seed=seed)

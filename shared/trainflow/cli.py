@@ -1,4 +1,4 @@
-"""The `trainflow` command: run, compile, validate, check-data, train-worker, demo-assets, fid, submit, schedule, runs."""
+"""The `trainflow` command: run, compile, validate, check-data, train-worker, demo-assets, fid, submit, schedule, runs, compare."""
 
 from __future__ import annotations
 
@@ -165,6 +165,17 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from trainflow.comparison import compare_models, comparison_lines, write_comparison_json
+
+    result = compare_models(args.config, args.a, args.b, cache_dir=args.cache, metrics=args.metric,
+                            resamples=args.resamples, confidence=args.confidence, device=args.device)
+    print("\n".join(comparison_lines(result)))
+    if args.json:
+        write_comparison_json(result, args.json)
+    return 0
+
+
 def _add_kfp_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", required=True, help="KFP address as the UI is served, e.g. http://localhost:8080 (port-forward) or https://kubeflow.example.com/pipeline")
     parser.add_argument("--namespace", default=None, help="your profile namespace on a multi-user Kubeflow (leave out on single-user KFP)")
@@ -256,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--experiment", default=None, help="only runs of this experiment")
     runs.add_argument("--limit", type=int, default=20, help="how many runs (1-200, default 20)")
     runs.set_defaults(handler=_runs)
+
+    compare = verbs.add_parser("compare", help="compare two supervised models on the config's test split (paired bootstrap)", description="Run models A and B on the same test records of the config's split and print, per metric, the difference A − B with its paired-bootstrap interval and P(A better). The test split comes from --cache (a build_cache output, e.g. the pipeline run's) or, without it, is rebuilt by running the config's ingest and cache stages into a temporary folder (seeded: the same data and config give the same test records).")
+    compare.add_argument("--config", required=True, help="run YAML (classification, regression or segmentation)")
+    compare.add_argument("--a", required=True, metavar="MODEL", help="model folder, models:/<name>@<alias> or models:/<name>/<version> (from register.tracking_uri)")
+    compare.add_argument("--b", required=True, metavar="MODEL", help="the model to compare with, in the same forms")
+    compare.add_argument("--cache", metavar="DIR", help="a build_cache output to take the test split from (default: rebuild it from the config)")
+    compare.add_argument("--metric", action="append", help="metric to compare (repeatable; default: the task's first headline metric: accuracy, r2 or mean_iou)")
+    compare.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default: evaluate.bootstrap_resamples, else 1000)")
+    compare.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default: 0.95)")
+    compare.add_argument("--device", default="auto", help="where to run the models (default: auto)")
+    compare.add_argument("--json", metavar="PATH", help="also write the full comparison as JSON")
+    compare.set_defaults(handler=_compare)
     return parser
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from trainflow.config.schema_base import Section
+from trainflow.errors import UserFacingError
+from trainflow.metrics.metric_directions import is_lower_better
 
 
 class Gate(Section):
@@ -12,11 +14,21 @@ class Gate(Section):
     min: float | None = None
     max: float | None = None
     beat_base: bool = Field(False, description="Require the fine-tuned model to beat the base model on this metric.")
+    beat_champion: bool = Field(False, description=(
+        "Require the candidate to beat the registered champion (the model's `champion_alias` version) on this "
+        "metric, per test record with a paired bootstrap: the lower end of the improvement's interval must be "
+        "above 0. Passes when no champion exists yet. Classification, regression and segmentation only."))
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="beat_champion: the confidence level of the improvement's interval (ignored by other conditions).")
 
     @model_validator(mode="after")
     def _has_a_condition(self) -> "Gate":
-        if self.min is None and self.max is None and not self.beat_base:
-            raise ValueError(f"gate on {self.metric!r} needs at least one of min, max, beat_base")
+        if self.min is None and self.max is None and not self.beat_base and not self.beat_champion:
+            raise ValueError(f"gate on {self.metric!r} needs at least one of min, max, beat_base, beat_champion")
+        if self.beat_base or self.beat_champion:
+            try:  # a comparison needs a direction; the one table decides it, here rather than after training
+                is_lower_better(self.metric)
+            except UserFacingError as error:
+                raise ValueError(str(error)) from None
         return self
 
 
@@ -26,3 +38,9 @@ class RegisterConfig(Section):
     # None: MLFLOW_TRACKING_URI if set, else the project-local SQLite store.
     tracking_uri: str | None = None
     gates: list[Gate] = []
+    champion_alias: str = Field("champion", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
+        "MLflow alias of the current best version: beat_champion gates compare with it, and a newly registered "
+        "version takes it."))
+    comparison_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the champion comparison.")
+    batch_size: int = Field(64, ge=1, description="Batch size when the champion is run on the test split.")
+    device: str = Field("auto", description="Where the champion is run on the test split.")

@@ -2,70 +2,114 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_text
 from trainflow.config import RegisterConfig, parse_section
 from trainflow.mlflow_tracking import default_tracking_uri, ensure_experiment, flatten_params
-from trainflow.registration_gates import failed_gates
+from trainflow.registration_gates import ChampionEvidence, failed_gates
 
 
 def register_model(
     model_dir: str, dataset_metadata: dict[str, Any], eval_metrics: dict[str, Any], score_metrics: dict[str, Any],
     config: dict[str, Any], run_name: str, params: dict[str, Any], report: ArtifactLike,
+    task: str = "text_to_image", predictions_dir: str | None = None, cache_dir: str | None = None, seed: int = 0,
 ) -> dict[str, Any]:
     """Log params, metrics, the model folder and the dataset hash to MLflow; register only past the gates.
 
     The MLflow run is recorded either way, so rejected candidates stay comparable.
-    Outputs: `report` (Markdown) and its metadata: registered, model_name, model_version,
-    reasons (why not), mlflow_run_id, tracking_uri.
+    beat_champion gates compare the evaluate stage's per-record outputs (`predictions_dir`)
+    with the champion version run on the same test split (`cache_dir`); a registered version
+    takes the champion alias. Outputs: `report` (Markdown) and its metadata: registered,
+    model_name, model_version, reasons (why not), champion_version, mlflow_run_id, tracking_uri.
     """
     import mlflow
     from mlflow import MlflowClient
+
+    from trainflow.compare.champion import champion_evidence
+    from trainflow.report.registration_report import registration_markdown
 
     cfg: RegisterConfig = parse_section(RegisterConfig, config, "the register section")
     with timed_stage("register_model", report):
         numbers = {k: float(v) for k, v in {**eval_metrics, **score_metrics}.items() if not k.startswith("stage")
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        reasons = failed_gates(cfg.gates, numbers)
         tracking_uri = cfg.tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
+        evidence = champion_evidence(cfg, client, tracking_uri, task, predictions_dir, cache_dir, seed)
+        reasons = failed_gates(cfg.gates, numbers, evidence)
         dataset_hash = str(dataset_metadata.get("content_sha256", "unknown"))
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-            mlflow.log_params(flatten_params(params))
-            mlflow.log_metrics(numbers)
-            mlflow.set_tags({
-                "trainflow.dataset_sha256": dataset_hash,
-                "trainflow.stop_reason": str(eval_metrics.get("stop_reason", "")),
-                "trainflow.gates": "passed" if not reasons else "failed: " + "; ".join(reasons),
-            })
-            mlflow.log_artifacts(model_dir, artifact_path="model")
-            run_id = run.info.run_id
-            artifact_uri = run.info.artifact_uri
-        version = None
-        if not reasons:
-            if not _registered_model_exists(client, cfg.model_name):
-                client.create_registered_model(cfg.model_name, description="Registered by trainflow")
-            model_version = client.create_model_version(
-                cfg.model_name, source=f"{artifact_uri}/model", run_id=run_id,
-                tags={"dataset_sha256": dataset_hash}, description=f"trainflow run {run_name}",
-            )
-            version = int(model_version.version)
+        tags = {
+            "trainflow.dataset_sha256": dataset_hash,
+            "trainflow.stop_reason": str(eval_metrics.get("stop_reason", "")),
+            "trainflow.gates": "passed" if not reasons else "failed: " + "; ".join(reasons),
+            "trainflow.champion_version": _champion_tag(evidence),
+        }
+        run_id, artifact_uri = _record_run(client, cfg, tracking_uri, run_name, params,
+                                           {**numbers, **_champion_numbers(evidence)}, tags, model_dir)
+        version = None if reasons else _register_version(client, cfg, run_id, artifact_uri, dataset_hash, run_name)
         outcome = {
             "registered": version is not None, "model_name": cfg.model_name, "model_version": version,
             "reasons": reasons, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "dataset_sha256": dataset_hash,
+            "champion_alias": cfg.champion_alias, "champion_version": evidence.version if evidence else None,
         }
         report.metadata.update(outcome)
-        atomic_write_text(report.path, _report_markdown(outcome, numbers))
+        atomic_write_text(report.path, registration_markdown(outcome, numbers, evidence))
         if version is not None:
-            print(f"register: registered {cfg.model_name} version {version} (MLflow run {run_id})")
+            print(f"register: registered {cfg.model_name} version {version} as '{cfg.champion_alias}' (MLflow run {run_id})")
         else:
             print(f"register: not registered: {'; '.join(reasons)} (MLflow run {run_id} recorded)")
-    return outcome
+    return {**outcome, "champion": _champion_summary(evidence)}
+
+
+def _record_run(client, cfg: RegisterConfig, tracking_uri: str, run_name: str, params: dict[str, Any],
+                metrics: dict[str, float], tags: dict[str, str], model_dir: str) -> tuple[str, str]:
+    """One MLflow run with the params, metrics, tags and the model folder (artifact path `model`); (run id, artifact URI)."""
+    import mlflow
+
+    experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.log_params(flatten_params(params))
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(tags)
+        mlflow.log_artifacts(model_dir, artifact_path="model")
+        return run.info.run_id, run.info.artifact_uri
+
+
+def _register_version(client, cfg: RegisterConfig, run_id: str, artifact_uri: str, dataset_hash: str, run_name: str) -> int:
+    """A new registry version of the run's model folder, which takes the champion alias."""
+    if not _registered_model_exists(client, cfg.model_name):
+        client.create_registered_model(cfg.model_name, description="Registered by trainflow")
+    model_version = client.create_model_version(
+        cfg.model_name, source=f"{artifact_uri}/model", run_id=run_id,
+        tags={"dataset_sha256": dataset_hash}, description=f"trainflow run {run_name}",
+    )
+    client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, str(model_version.version))
+    return int(model_version.version)
+
+
+def _champion_numbers(evidence: ChampionEvidence | None) -> dict[str, float]:
+    """champion_<metric> and the improvement's interval, logged beside the candidate's own numbers."""
+    numbers: dict[str, float] = {}
+    for key, result in (evidence.comparisons if evidence else {}).items():
+        numbers[f"champion_{key}"] = result["b"]
+        numbers[f"vs_champion_{key}_improvement"] = result["improvement"]
+        numbers[f"vs_champion_{key}_improvement_low"] = result["improvement_low"]
+        numbers[f"vs_champion_{key}_improvement_high"] = result["improvement_high"]
+    return numbers
+
+
+def _champion_tag(evidence: ChampionEvidence | None) -> str:
+    if evidence is None:
+        return "not compared (no beat_champion gate)"
+    return "none yet" if evidence.version is None else str(evidence.version)
+
+
+def _champion_summary(evidence: ChampionEvidence | None) -> dict[str, Any] | None:
+    if evidence is None:
+        return None
+    return {"version": evidence.version, "comparisons": evidence.comparisons, "unavailable": evidence.unavailable}
 
 
 def _registered_model_exists(client, name: str) -> bool:
@@ -76,16 +120,3 @@ def _registered_model_exists(client, name: str) -> bool:
         return True
     except MlflowException:
         return False
-
-
-def _report_markdown(outcome: dict[str, Any], numbers: dict[str, float]) -> str:
-    lines = ["# Model registration", ""]
-    if outcome["registered"]:
-        lines.append(f"Registered **{outcome['model_name']}** version **{outcome['model_version']}**.")
-    else:
-        lines.append(f"**Not registered** ({outcome['model_name']}):")
-        lines += [f"- {reason}" for reason in outcome["reasons"]]
-    lines += ["", f"MLflow run `{outcome['mlflow_run_id']}` at `{outcome['tracking_uri']}`; dataset sha256 `{outcome['dataset_sha256']}`", "",
-              "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(numbers.items())]
-    return "\n".join(lines) + "\n"
