@@ -112,8 +112,8 @@ def _classification_section(scored: RecordOutputs, results: dict[str, Any]) -> s
              "<h2>Per class</h2>", _table(["class", "precision", "recall", "F1", "support"], rows),
              f"<h2>ROC curve ({html.escape(roc['kind'])})</h2>",
              _image(figures.roc_plot(roc["fpr"], roc["tpr"], roc["kind"]), "ROC curve"),
-             f'<p class="note">roc_auc in the tables is {"that of the positive class" if len(names) == 2 else "the macro average over classes"}; '
-             f'ECE {fmt(results.get("ece"))}, log loss {fmt(results.get("log_loss"))}.</p>']
+             f'<p class="note">ROC-AUC {fmt(results.get("roc_auc"))} ({"the positive class" if len(names) == 2 else "macro average over classes"}), '
+             f'PR-AUC {fmt(results.get("pr_auc"))}, ECE {fmt(results.get("ece"))}, log loss {fmt(results.get("log_loss"))}.</p>']
     return "".join(parts)
 
 
