@@ -148,3 +148,22 @@ def test_psnr_ssim_equal_torchmetrics_with_explicit_range():
 def test_quantise_like_png_rounds_to_uint8_levels():
     x = torch.tensor([0.0, 0.5, 1.0, 1.2, 0.1234])
     assert torch.equal(iq.quantise_like_png(x) * 255, torch.tensor([0.0, 128.0, 255.0, 255.0, 31.0]))
+
+
+def test_score_stage_builds_every_scorer_before_generating(tmp_path, monkeypatch):
+    """A broken CLIP folder and missing LPIPS weights are reported from the config alone, before any sampling."""
+    from trainflow.config import ScoreConfig, parse_section
+    from trainflow.stages.score_generation import _build_scorers
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    broken_clip = tmp_path / "clip"
+    broken_clip.mkdir()
+    (broken_clip / "config.json").write_text("{}")
+    cfg = parse_section(ScoreConfig, {"clip_model": str(broken_clip), "lpips": True}, "the score section")
+    real = _images(7, n=4)
+    scorers, skipped = _build_scorers(cfg, [], real, torch.device("cpu"), seed=0)
+    assert "cannot be loaded" in skipped["clip_score"]
+    assert "alexnet-owt-7be5be79.pth" in skipped["lpips"] and skipped["lpips_diversity"] == skipped["lpips"]
+    assert "prompt_classifier" in skipped["prompt_accuracy"]
+    assert sorted(scorers) == ["psnr", "ssim"]
+    assert scorers["ssim"](real) == pytest.approx(1.0, abs=1e-6) and scorers["psnr"](_images(8, n=4)) < 20
