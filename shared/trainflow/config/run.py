@@ -15,6 +15,7 @@ from trainflow.config.model import ModelConfig
 from trainflow.config.platform import PlatformConfig
 from trainflow.config.registration import RegisterConfig
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section
+from trainflow.config.data_loading import TransformsConfig
 from trainflow.config.training import DiffusionTrainingConfig, LossConfig, TrainConfig
 from trainflow.errors import ConfigError
 
@@ -82,6 +83,9 @@ def check_task_fit(task: str, ingest: IngestConfig | None, model: ModelConfig | 
             raise ValueError(f"train.early_stopping.monitor: task {task} does not log {monitor!r}; choose one of {', '.join(known)}")
         if task != "text_to_image" and train.diffusion != DiffusionTrainingConfig():
             raise ValueError(f"train.diffusion: these options apply to text_to_image only, not {task}")
+        if task == "text_to_image" and train.transforms != TransformsConfig():
+            raise ValueError("train.transforms: text_to_image trains on cached latents, which pixel transforms cannot "
+                             "reach; augment before caching (see README, Data loading)")
         if task == "text_to_image" and train.loss != LossConfig():
             raise ValueError("train.loss: text_to_image trains on the denoising objective; set diffusion options under train.diffusion")
 

@@ -17,4 +17,4 @@ def build_task(task: str, cache_dir: Path, model_cfg: ModelConfig, train_cfg: Tr
         return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion, seed)
     from trainflow.tasks.supervised import SupervisedTask
 
-    return SupervisedTask(task, cache_dir, model_cfg, train_cfg.loss, seed)
+    return SupervisedTask(task, cache_dir, model_cfg, train_cfg.loss, seed, train_cfg.transforms, train_cfg.data_loading)

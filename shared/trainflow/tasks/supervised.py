@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from trainflow.config import LossConfig, ModelConfig
+from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig
 from trainflow.data.supervised_cache import SupervisedCache, read_supervised_attrs
 from trainflow.models.model_folder import load_model_folder, save_model_folder
 from trainflow.models.zoo import build_model
@@ -22,12 +23,14 @@ from trainflow.tasks.losses import classification_loss, regression_loss, segment
 
 
 class SupervisedTask:
-    def __init__(self, name: str, cache_dir: Path, model_cfg: ModelConfig, loss_cfg: LossConfig, seed: int) -> None:
+    def __init__(self, name: str, cache_dir: Path, model_cfg: ModelConfig, loss_cfg: LossConfig, seed: int,
+                 transforms: TransformsConfig | None = None, loading: DataLoadingConfig | None = None) -> None:
         self.name, self.cache_dir, self.model_cfg, self.seed = name, Path(cache_dir), model_cfg, seed
+        self.transforms, self.loading = transforms, loading
         self.info, self.stats = read_supervised_attrs(cache_dir)
         self.class_names = self.info.get("class_names") or []
         self.target_names = self.info.get("target_names") or []
-        self._train = SupervisedCache(cache_dir, "train")
+        self._train = SupervisedCache(cache_dir, "train", transforms, loading, seed)
         if name == "classification":
             self.loss = classification_loss(loss_cfg, self._train.arrays["labels"], len(self.class_names))
         elif name == "regression":
@@ -43,15 +46,17 @@ class SupervisedTask:
         image = self.info["kind"] == "image"
         outputs = len(self.target_names) if self.name == "regression" else len(self.class_names)
         features = None if image else len(self.info["feature_names"])
+        # The model resizes other inputs to its training size itself, so evaluation at the cache's size still fits.
+        resolution = (self.transforms.resize if self.transforms and self.transforms.resize else None) or self.info.get("resolution")
         return build_model(self.model_cfg, self.name, in_channels=3, in_features=features, num_outputs=outputs,
-                           resolution=self.info.get("resolution"), input_mean=self.stats["input_mean"],
+                           resolution=resolution, input_mean=self.stats["input_mean"],
                            input_std=self.stats["input_std"])
 
     def train_dataset(self) -> SupervisedCache:
         return self._train
 
     def val_dataset(self) -> SupervisedCache:
-        return SupervisedCache(self.cache_dir, "val")
+        return SupervisedCache(self.cache_dir, "val", self.transforms, self.loading, self.seed)
 
     def learning_rates(self) -> dict[str, float]:
         return {}
