@@ -50,6 +50,9 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _fits_the_task(self) -> "RunConfig":
         check_task_fit(self.task, self.ingest, self.model, self.train)
+        if self.task == "text_to_image" and any(gate.beat_champion for gate in self.registration.gates):
+            raise ValueError("register.gates: beat_champion compares per-record predictions of supervised models; "
+                             "for text_to_image use beat_base, min or max")
         return self
 
 
