@@ -47,13 +47,16 @@ class PodSettings:
     image: str = TRAINFLOW_IMAGE
     train_logs_to_mlflow: bool = False
     distributed_train: bool = False
+    # beat_champion gates run the champion on the cache's test split, whose files may live on the volumes.
+    register_needs_volumes: bool = False
 
     @classmethod
     def for_config(cls, config: Any) -> "PodSettings":
         """Cluster settings from a validated RunConfig: its platform section and train options."""
         return cls(platform=config.platform, image=config.platform.image or TRAINFLOW_IMAGE,
                    train_logs_to_mlflow=config.train.logging.mlflow,
-                   distributed_train=config.train.distributed is not None)
+                   distributed_train=config.train.distributed is not None,
+                   register_needs_volumes=any(gate.beat_champion for gate in config.registration.gates))
 
     def platform_argument(self) -> dict[str, Any]:
         """`platform=` for the preflight and train components: the section plus the image, or nothing locally."""

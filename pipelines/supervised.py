@@ -88,7 +88,8 @@ def build_supervised_pipeline(settings: PodSettings):
             # beat_champion gates: the candidate's per-record outputs, and the test split to run the champion on.
             predictions=evaluate_task.outputs["predictions"], cache=cache_task.outputs["cache"], task=task, seed=seed,
         )
-        place(register_task, settings, cpu="1", memory="4G", retries=3, volumes=False, mlflow=True)
+        place(register_task, settings, cpu="1", memory="4G", retries=3, volumes=settings.register_needs_volumes,
+              mlflow=True)
 
         return SupervisedOutputs(
             dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
