@@ -27,8 +27,8 @@ MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "M
 def _quantity(value: str | None) -> str | None:
     from kubernetes.utils import parse_quantity
 
-    if value is None:
-        return None
+    if not value:  # None or "" (off)
+        return value
     try:
         parse_quantity(value)
     except (ValueError, TypeError):
@@ -37,7 +37,7 @@ def _quantity(value: str | None) -> str | None:
 
 
 def _claim_name(value: str | None) -> str | None:
-    if value is not None and (len(value) > 63 or not _DNS1123_LABEL.fullmatch(value)):
+    if value and (len(value) > 63 or not _DNS1123_LABEL.fullmatch(value)):
         raise ValueError(f"{value!r} is not a PVC name (lower-case letters, digits and '-', at most 63)")
     return value
 
@@ -61,19 +61,20 @@ class PlatformConfig(Section):
     image: str | None = Field(None, description="Image of every task and training pod (default: TRAINFLOW_IMAGE at compile time, else ghcr.io/trainflow/trainflow:<version>).")
     workspace_pvc: str = Field("trainflow-workspace", description="ReadWriteMany PVC for checkpoints, train requests and the copy of the cache training pods read.")
     workspace_mount_path: str = "/workspace"
-    dataset_pvc: str | None = Field("trainflow-datasets", description="PVC holding ingest.dataset_dir / ingest.table; null mounts none.")
+    # "Off" is the empty string, not null: KFP parameters cannot carry null, and a dropped null would bring the default back.
+    dataset_pvc: str = Field("trainflow-datasets", description="PVC holding ingest.dataset_dir / ingest.table / ingest.hdf5; '' mounts none.")
     dataset_mount_path: str = "/data"
-    weights_cache_pvc: str | None = Field("trainflow-weights-cache", description="PVC with HF_HOME (huggingface/) and TORCH_HOME (torch/) layouts; null mounts none.")
+    weights_cache_pvc: str = Field("trainflow-weights-cache", description="PVC with HF_HOME (huggingface/) and TORCH_HOME (torch/) layouts; '' mounts none.")
     weights_cache_mount_path: str = Field("/cache", description="HF_HOME=<this>/huggingface and TORCH_HOME=<this>/torch are set on every task.")
-    shm_size: str | None = Field("2Gi", description="Memory-backed /dev/shm for DataLoader workers on cache/train/evaluate/score; null keeps the container's 64Mi.")
+    shm_size: str = Field("2Gi", description="Memory-backed /dev/shm for DataLoader workers on cache/train/evaluate/score; '' keeps the container's 64Mi.")
     node_selector: dict[str, str] = Field({}, description="Node labels for GPU tasks and training pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
     gpu_tolerations: list[TolerationConfig] = Field(
         [TolerationConfig(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         description="Tolerations for GPU tasks and training pods (default: the usual nvidia.com/gpu taint).")
     gpu_resource: str = "nvidia.com/gpu"
-    mlflow_secret: str | None = Field("trainflow-mlflow-credentials", description="Secret whose keys become env vars (optional) on register, and on train when train.logging.mlflow.")
+    mlflow_secret: str = Field("trainflow-mlflow-credentials", description="Secret whose keys become env vars (optional) on register, and on train when train.logging.mlflow; '' for none.")
     mlflow_secret_keys: list[str] = Field(list(MLFLOW_SECRET_KEYS), description="Keys of mlflow_secret to expose, each under its own name.")
-    mlflow_tracking_uri: str | None = Field("http://trainflow-mlflow:5000", description="MLFLOW_TRACKING_URI on register and train; register.tracking_uri, if set, wins.")
+    mlflow_tracking_uri: str = Field("http://trainflow-mlflow:5000", description="MLFLOW_TRACKING_URI on register and train; register.tracking_uri, if set, wins; '' sets none.")
     service_account: str | None = Field(None, description="Account of the distributed training pods (default: the namespace's default account).")
     env: dict[str, str] = Field({}, description="Extra environment on every task and training pod, e.g. {HF_HUB_OFFLINE: '1'} on an air-gapped cluster.")
 
@@ -81,7 +82,7 @@ class PlatformConfig(Section):
 
     @field_validator("shm_size")
     @classmethod
-    def _shm_is_quantity(cls, value: str | None) -> str | None:
+    def _shm_is_quantity(cls, value: str) -> str:
         return _quantity(value)
 
     @field_validator("mlflow_secret_keys")
