@@ -191,7 +191,7 @@ def test_every_schedule_follows_the_library_in_optimizer_steps_with_accumulation
             "logging": {"tensorboard": False}}
     specific = {"cosine_with_restarts": {"num_cycles": 2.0}, "polynomial": {"power": 2.0, "lr_end": 1e-4},
                 "step": {"step_size": 5, "gamma": 0.5}, "one_cycle": {"pct_start": 0.3}}
-    configs = [{**base, "schedule": {"name": name, "warmup_steps": 0 if name in ("one_cycle", "step") else 3,
+    configs = [{**base, "schedule": {"name": name, "warmup_steps": 0 if name in ("one_cycle", "step", "constant") else 3,
                                      **specific.get(name, {})}} for name in names]
     torchrun(str(DRIVER), str(tmp_path), json.dumps(configs))
 
