@@ -271,17 +271,21 @@ def _print_generation_metrics(result: dict[str, Any], console: Console) -> None:
     evaluation, scores, samples = (outputs["eval_metrics"].metadata, outputs["score_metrics"].metadata,
                                    outputs["samples"].metadata)
     table = Table(title="Fine-tuned vs. base model (same run, same test split)")
-    for column, justify in (("metric", "left"), ("fine-tuned", "right"), ("base", "right"), ("better is", "left")):
+    for column, justify in (("metric", "left"), ("fine-tuned", "right"), ("95% interval", "right"), ("base", "right"),
+                            ("better is", "left")):
         table.add_column(column, justify=justify)
     rows = [("test denoising loss", evaluation, "test_loss", "lower"),
             (f"FID ({samples.get('fid_features', '?')} features)", scores, "fid", "lower"),
             ("prompt accuracy", scores, "prompt_accuracy", "higher"),
             ("CLIP score", scores, "clip_score", "higher"),
+            ("LPIPS to the test image", scores, "lpips", "lower"),
             ("LPIPS diversity", scores, "lpips_diversity", "higher")]
     for label, source, key, direction in rows:
         if key in source:
             base = source.get(f"base_{key}")
-            table.add_row(label, f"{source[key]:.4f}", f"{base:.4f}" if base is not None else "-", direction)
+            low, high = source.get(f"{key}_ci_low"), source.get(f"{key}_ci_high")
+            interval = f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else "-"
+            table.add_row(label, f"{source[key]:.4f}", interval, f"{base:.4f}" if base is not None else "-", direction)
     console.print(table)
     for name, reason in (samples.get("skipped") or {}).items():
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}")

@@ -46,11 +46,24 @@ def fid(extractor: FeatureExtractor, real_images: torch.Tensor, fake_images: tor
 
 
 @torch.no_grad()
-def prompt_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
-    """Share of generated images the classifier reads as the class their prompt named."""
+def prompt_hits(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Per generated image: 1.0 where the classifier reads the class its prompt named, else 0.0."""
     device = next(classifier.parameters()).device
     predictions = torch.cat([classifier(chunk.to(device)).argmax(dim=1).cpu() for chunk in images.split(batch_size)])
-    return float((predictions == labels).float().mean().item())
+    return (predictions == labels).double()
+
+
+def prompt_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
+    """Share of generated images the classifier reads as the class their prompt named."""
+    return float(prompt_hits(classifier, images, labels, batch_size).mean().item())
+
+
+def prompt_accuracy_interval(hits: torch.Tensor, seed: int, n_resamples: int = 1000) -> tuple[float, float]:
+    """Seeded percentile-bootstrap 95% interval of prompt accuracy, resampling prompts."""
+    from trainflow.metrics.bootstrap import bootstrap_intervals
+
+    return bootstrap_intervals(lambda hits: {"prompt_accuracy": float(hits.mean())}, {"hits": hits}, ["prompt_accuracy"],
+                               n_resamples=n_resamples, seed=seed)["prompt_accuracy"]
 
 
 def load_clip_score(model_folder, device: torch.device):

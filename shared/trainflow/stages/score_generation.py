@@ -106,7 +106,7 @@ def _build_scorers(cfg: ScoreConfig, entries, real: torch.Tensor, device, seed: 
     }
     skipped: dict[str, str] = {}
     makers = {
-        "prompt_accuracy": lambda: _prompt_accuracy_scorer(cfg, entries, device),
+        "prompt_accuracy": lambda: _prompt_accuracy_scorer(cfg, entries, device, seed),
         "clip_score": lambda: _clip_scorer(cfg, [e.caption for e in entries], device),
         "lpips": lambda: _lpips_scorers(cfg, real, device, seed),
     }
@@ -125,7 +125,7 @@ def _build_scorers(cfg: ScoreConfig, entries, real: torch.Tensor, device, seed: 
     return scorers, skipped
 
 
-def _prompt_accuracy_scorer(cfg: ScoreConfig, entries, device):
+def _prompt_accuracy_scorer(cfg: ScoreConfig, entries, device, seed: int):
     if not cfg.prompt_classifier:
         return "no score.prompt_classifier configured"
     if any(e.label is None for e in entries):
@@ -134,7 +134,17 @@ def _prompt_accuracy_scorer(cfg: ScoreConfig, entries, device):
     labels = torch.tensor([e.label for e in entries])
     if labels.max().item() >= len(classifier.class_names):
         return f"labels go up to {labels.max().item()} but the classifier knows {len(classifier.class_names)} classes"
-    return lambda images: gm.prompt_accuracy(classifier, images, labels)
+    scored: dict[int, tuple[float, float, float]] = {}  # per image batch: accuracy and its 95% interval
+
+    def score(images: torch.Tensor) -> tuple[float, float, float]:
+        if id(images) not in scored:
+            hits = gm.prompt_hits(classifier, images, labels)
+            scored[id(images)] = (float(hits.mean()), *gm.prompt_accuracy_interval(hits, seed))
+        return scored[id(images)]
+
+    return {"prompt_accuracy": lambda images: score(images)[0],
+            "prompt_accuracy_ci_low": lambda images: score(images)[1],
+            "prompt_accuracy_ci_high": lambda images: score(images)[2]}
 
 
 def _clip_scorer(cfg: ScoreConfig, captions: list[str], device):
