@@ -78,7 +78,10 @@ def pytorch_fid_value(paths: list[Path], dims: int) -> float:
     return float(calculate_fid_given_paths([str(p) for p in paths], 50, "cpu", dims, num_workers=0))
 
 
-@pytest.mark.parametrize("dims", [192, pytest.param(2048, marks=pytest.mark.slow)])
+# Only the 192-d block is checked: with random stand-in weights the 2048-d pool features do not tell these
+# sets apart (measured: FID of a vs inverted 152.7 < a vs b 184.1), so at 2048 dims the comparison with
+# pytorch-fid below shows the two compute the same numbers, not that those numbers mean anything.
+@pytest.mark.parametrize("dims", [192])
 def test_stand_in_features_tell_image_sets_apart(with_weights, folders, dims):
     extractor = load_inception_extractor(None, torch.device("cpu"), dims)
     features = {name: extractor(torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB")).copy()).permute(2, 0, 1)
