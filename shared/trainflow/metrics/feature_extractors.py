@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import pickle
+import pickle  # only for the exception type torch.load(weights_only=True) raises on a damaged file; nothing is unpickled
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
