@@ -48,6 +48,12 @@ def feature_sets(kind: str, n1: int, n2: int, dims: int, seed: int) -> tuple[np.
     if kind == "relu":  # Inception's pool3 features are non-negative averages of ReLUs
         mix = rng.normal(size=(dims, dims)) / np.sqrt(dims)
         return np.maximum(rng.normal(size=(n1, dims)) @ mix, 0), np.maximum(rng.normal(size=(n2, dims)) @ mix + 0.1, 0)
+    if kind == "wide-spectrum":  # like Inception features: one direction holds most of the trace, a long tail
+        spectrum = np.geomspace(1, 1e-4, dims)
+        spectrum[0] = 1e4
+        basis, _ = np.linalg.qr(rng.normal(size=(dims, dims)))
+        return ((rng.normal(size=(n1, dims)) * np.sqrt(spectrum)) @ basis.T,
+                (rng.normal(size=(n2, dims)) * np.sqrt(spectrum) * 1.1) @ basis.T + 0.05)
     if kind == "low-rank":
         basis = rng.normal(size=(5, dims))
         return rng.normal(size=(n1, 5)) @ basis, rng.normal(size=(n2, 5)) @ basis * 1.3 + 0.5
@@ -61,6 +67,8 @@ CASES = [
     ("relu", 40, 50, 128),        # fewer samples than dimensions
     ("gaussian", 60, 60, 256),    # fewer samples than dimensions
     ("low-rank", 200, 300, 64),   # rank 5 of 64
+    ("wide-spectrum", 300, 256, 256),  # squaring this spread (eigenvalues of the product) loses 1e-4
+    ("wide-spectrum", 200, 200, 256),
 ]
 
 
