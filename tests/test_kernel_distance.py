@@ -9,6 +9,7 @@ import torch
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from trainflow.errors import UserFacingError
+from trainflow.metrics import kernel_distance
 from trainflow.metrics.kernel_distance import kernel_inception_distance, unbiased_mmd2
 
 
@@ -30,6 +31,15 @@ def test_matches_torchmetrics_with_the_same_seed():
     assert ours.mean == pytest.approx(mean.item(), rel=1e-10)
     assert ours.std == pytest.approx(std.item(), rel=1e-8)
     assert ours.subset_size == 50 and ours.subsets == 7
+
+
+def test_full_kernel_matrices_give_the_per_subset_values(monkeypatch):
+    real, fake = features(80, 24, seed=7), features(60, 24, seed=8, shift=0.2)
+    from_gram = kernel_inception_distance(real, fake, subsets=9, subset_size=40, seed=3)
+    monkeypatch.setattr(kernel_distance, "MAX_GRAM_ENTRIES", 0)  # the per-subset products
+    per_subset = kernel_inception_distance(real, fake, subsets=9, subset_size=40, seed=3)
+    assert from_gram.mean == pytest.approx(per_subset.mean, rel=1e-12)
+    assert from_gram.std == pytest.approx(per_subset.std, rel=1e-9)
 
 
 def test_unbiased_mmd_equals_the_double_sum():
