@@ -50,6 +50,12 @@ bench-data: setup
 bench-train: setup
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_TRAIN_ARGS)
 
+# trainflow fid beside python -m pytorch_fid on 2,000 vs 2,000 digit images with the same locally built
+# InceptionV3 weights (README: FID and KID); ~25 minutes on 2 cores. Options: BENCH_EVAL_ARGS="--images 200 --rounds 2".
+.PHONY: bench-eval
+bench-eval: setup
+	$(BIN)/python benchmarks/bench_eval.py $(BENCH_EVAL_ARGS)
+
 # Both images from the same constraints.txt; the repository root is the build context.
 images:
 	@if [ -z "$(CONTAINER_ENGINE)" ]; then \

@@ -12,10 +12,11 @@ from PIL import Image
 from pytorch_fid.fid_score import compute_statistics_of_path
 
 from trainflow.errors import UserFacingError
+from trainflow.metrics.image_quality import quantise_like_png
 from trainflow.metrics.feature_extractors import FeatureExtractor, resize_for_inception
 from trainflow.metrics.image_features import (
     FeatureStatistics, GaussianStatistics, cached_folder_statistics, list_image_files, load_statistics,
-    quantize_like_saved_png, save_statistics, stream_folder_statistics,
+    save_statistics, stream_folder_statistics,
 )
 
 
@@ -157,4 +158,4 @@ def test_quantising_matches_a_saved_png(tmp_path):
     array = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # how reports save samples
     Image.fromarray(array).save(tmp_path / "sample.png")
     reread = TF.ToTensor()(Image.open(tmp_path / "sample.png").convert("RGB"))
-    assert torch.equal(quantize_like_saved_png(images)[0], reread)
+    assert torch.equal(quantise_like_png(images)[0], reread)

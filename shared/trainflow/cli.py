@@ -110,7 +110,7 @@ def _fid(args: argparse.Namespace) -> int:
 
     return run_fid(FidOptions(
         paths=args.path, dims=args.dims, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-        json_path=args.json, kid=args.kid, weights=args.weights, save_stats=args.save_stats,
+        json_path=args.json, kid=args.kid, weights=args.weights, save_stats=args.save_stats, cache_dir=args.cache,
     ))
 
 
@@ -239,13 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     fid = verbs.add_parser("fid", help="FID (and KID) between two image folders or .npz statistics; a drop-in for python -m pytorch_fid", description="Compute the FID between two image folders (images directly inside, as pytorch-fid reads them) or pytorch-fid .npz statistics files, with pytorch-fid's InceptionV3 and a Frechet distance that stays finite for singular covariances. Prints 'FID:  <value>' like pytorch-fid. Weights: $TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth or --weights.")
     fid.add_argument("path", nargs="+", metavar="DIR_OR_NPZ", help="two inputs to compare; one is enough with --save-stats")
     fid.add_argument("--dims", type=int, default=2048, choices=[64, 192, 768, 2048], help="InceptionV3 feature width (default: 2048, the pool3 features)")
-    fid.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default: 50)")
+    fid.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default: 50, as pytorch-fid)")
     fid.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     fid.add_argument("--num-workers", type=int, help="image-decoding processes (default: one per spare core, 1 to 4)")
     fid.add_argument("--json", metavar="PATH", help="also write the values and inputs as JSON")
     fid.add_argument("--kid", action="store_true", help="also compute KID (mean and std over 100 subsets); needs image folders on both sides")
     fid.add_argument("--weights", metavar="FILE", help="FID InceptionV3 weights file (default: the TORCH_HOME file above)")
     fid.add_argument("--save-stats", metavar="PATH", help="write the first input's statistics to PATH (.npz, pytorch-fid's format)")
+    fid.add_argument("--cache", metavar="DIR", help="keep each folder's statistics (features with --kid) in DIR, keyed by the weights' digest and the folder's content; an unchanged folder is then read from there")
     fid.set_defaults(handler=_fid)
 
     submit = verbs.add_parser("submit", help="upload the pipeline to Kubeflow and start a run", description="Compile the pipeline with the config baked in, upload it as a pipeline version named by its content hash (an unchanged package reuses its version), and start a run; prints the run's URL.")

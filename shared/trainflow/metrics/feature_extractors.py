@@ -17,7 +17,7 @@ from trainflow.atomic_files import atomic_file_path
 from trainflow.config import FeatureExtractorConfig
 from trainflow.errors import UserFacingError
 from trainflow.metrics.weights import fid_inception_weights
-from trainflow.models.image_classifier import load_classifier
+from trainflow.models.image_classifier import WEIGHTS_FILE as CLASSIFIER_WEIGHTS_FILE, load_classifier
 
 INCEPTION_DIMS = (64, 192, 768, 2048)  # pytorch-fid's --dims choices: its four output blocks
 INCEPTION_INPUT_SIZE = 299
@@ -101,6 +101,10 @@ def load_inception_extractor(weights_path: str | None, device: torch.device, dim
         ) from None
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
+        if batch.device.type == "cpu":
+            # oneDNN runs this network about 1.7x faster channels-last on a CPU (its pools above all; measured
+            # 32 vs 55 ms an image, batch 50, 2 cores). Sums change order: features move by ~3e-5 relative.
+            batch = batch.contiguous(memory_format=torch.channels_last)
         features = model(batch)[0]
         if features.shape[2:] != (1, 1):  # blocks 0-2 are feature maps: pytorch-fid averages them
             features = F.adaptive_avg_pool2d(features, output_size=(1, 1))
@@ -113,7 +117,7 @@ def load_inception_extractor(weights_path: str | None, device: torch.device, dim
 def _load_classifier(path: str, device: torch.device) -> FeatureExtractor:
     classifier = load_classifier(path).to(device).eval()
     name = f"{classifier.config.get('name', 'classifier')}"
-    identity = f"{name}-{hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]}"
+    identity = f"{name}-{_file_digest(Path(path) / CLASSIFIER_WEIGHTS_FILE)}"  # the weights: a retrained one is a new key
     return FeatureExtractor(name, classifier.net.feature_dim, lambda x: x, lambda x: classifier.features(x).flatten(1), device, identity)
 
 

@@ -9,7 +9,9 @@ pytorch-fid prints it, plus `KID: <mean> ± <std>` with --kid.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -22,7 +24,8 @@ from trainflow.errors import ConfigError, UserFacingError
 from trainflow.metrics.feature_extractors import INCEPTION_DIMS, load_inception_extractor
 from trainflow.metrics.frechet import frechet_distance_from_statistics
 from trainflow.metrics.image_features import (
-    GaussianStatistics, list_image_files, load_statistics, save_statistics, stream_folder_statistics,
+    FeatureStatistics, GaussianStatistics, cached_features, cached_folder_statistics, dataset_content_hash,
+    list_image_files, load_statistics, save_statistics, stream_folder_statistics,
 )
 from trainflow.metrics.kernel_distance import kernel_inception_distance
 
@@ -31,11 +34,12 @@ from trainflow.metrics.kernel_distance import kernel_inception_distance
 class FidOptions:
     paths: list[str]
     dims: int = 2048
-    batch_size: int = 50
+    batch_size: int = 50  # pytorch-fid's; on a 2-core CPU 100 measured 9% slower per image
     device: str | None = None
     num_workers: int | None = None
     json_path: str | None = None
     kid: bool = False
+    cache_dir: str | None = None
     weights: str | None = None
     save_stats: str | None = None
 
@@ -46,6 +50,24 @@ class _Side:
     files: list[Path] | None = None  # an image folder
     stats: GaussianStatistics | None = None  # loaded from .npz, or computed from `files`
     features: torch.Tensor | None = None  # kept for KID
+
+
+def reuse_freed_memory() -> None:
+    """Make glibc keep freed memory in the heap for reuse instead of returning it to the system.
+
+    At 299x299 every batch allocates activations of hundreds of MB; above glibc's
+    default limit (32 MB at most) each one is a fresh mmap that the kernel zeroes
+    page by page. Measured on a 2-core CPU, batches of 50: 58 ms an image without
+    this, 32 ms with it. The numbers do not change. Only this CLI process sets it
+    (it keeps up to 1 GB of freed memory for reuse); no effect on other C libraries.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
 
 
 def default_num_workers() -> int:
@@ -93,6 +115,23 @@ def _device(requested: str | None) -> torch.device:
         raise UserFacingError(f"--device {requested} was asked for but no CUDA GPU is visible; use --device cpu") from None
 
 
+def _measure_folder(side: _Side, extractor, options: FidOptions, workers: int) -> None:
+    """A folder's statistics (and features for KID), through the --cache folder when one is given."""
+    stream = functools.partial(stream_folder_statistics, side.files, extractor, options.batch_size, workers)
+    if options.cache_dir and not options.kid:
+        side.stats = cached_folder_statistics(side.files, extractor, options.cache_dir, options.batch_size, workers)
+        return
+    if options.cache_dir:  # KID needs the features: cache those, and take the statistics from them
+        side.features = cached_features(dataset_content_hash(side.files), extractor, options.cache_dir,
+                                        lambda: stream(keep_features=True).features())
+        accumulated = FeatureStatistics(extractor.dim)
+        accumulated.update(side.features)
+    else:
+        accumulated = stream(keep_features=options.kid)
+        side.features = accumulated.features() if options.kid else None
+    side.stats = accumulated.statistics()
+
+
 def run_fid(options: FidOptions) -> int:
     """Compute FID (and KID with options.kid) between two inputs, print it, optionally write JSON and statistics.
 
@@ -105,12 +144,11 @@ def run_fid(options: FidOptions) -> int:
     folders = [side for side in sides if side.files is not None]
     extractor = None
     if folders:
+        reuse_freed_memory()
         extractor = load_inception_extractor(options.weights, _device(options.device), options.dims)
         workers = default_num_workers() if options.num_workers is None else options.num_workers
         for side in folders:
-            accumulated = stream_folder_statistics(side.files, extractor, options.batch_size, workers, keep_features=options.kid)
-            side.stats = accumulated.statistics()
-            side.features = accumulated.features() if options.kid else None
+            _measure_folder(side, extractor, options, workers)
     if options.save_stats:
         save_statistics(options.save_stats, sides[0].stats)
     if len(sides) < 2:

@@ -1,4 +1,4 @@
-"""Feature statistics streamed from image folders: running sums, pytorch-fid's .npz, a content-keyed cache.
+"""Feature statistics streamed from image folders: running sums, pytorch-fid's .npz, content-keyed caches.
 
 Images are decoded in DataLoader workers, batch by batch, go through the
 feature extractor and straight into float64 running sums, so no temporary
@@ -13,8 +13,11 @@ import hashlib
 import io
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from PIL import Image
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS  # pytorch-fid's own list: a folder yields the same files
@@ -180,8 +183,9 @@ def stream_folder_statistics(
 ) -> FeatureStatistics:
     """Decode `files` in `num_workers` loader processes while the extractor runs; return the accumulated statistics.
 
-    Batches hold `batch_size` images (fewer for the last), as in pytorch-fid, so the
-    features are bit-for-bit pytorch-fid's. Raises UserFacingError naming the first
+    Batches hold `batch_size` images (fewer for the last), as in pytorch-fid, decoded and
+    resized as pytorch-fid does; the features equal pytorch-fid's up to float32 summation
+    order (the CPU network runs channels-last). Raises UserFacingError naming the first
     image that cannot be decoded.
     """
     stats = FeatureStatistics(extractor.dim, keep_features=keep_features)
@@ -227,6 +231,23 @@ def cached_folder_statistics(
     return stats
 
 
-def quantize_like_saved_png(images: torch.Tensor) -> torch.Tensor:
-    """Round float images in [0, 1] to the 256 levels a saved PNG keeps, so features match the files a person sees."""
-    return (images.clamp(0, 1) * 255).round() / 255
+def cached_features(
+    content_hash: str, extractor: FeatureExtractor, cache_dir: str | Path, compute: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """Features (N, dim) of an image set, from `cache_dir/<extractor identity>-<content hash>.safetensors` when
+    present and well-formed, else `compute()`d and stored atomically.
+
+    `content_hash` must change whenever an image or the set changes (dataset_content_hash). An unreadable or
+    mis-shaped entry is recomputed and replaced (the cache is ours, not the user's input).
+    """
+    entry = Path(cache_dir) / f"{extractor.identity or extractor.name}-{content_hash[:32]}.safetensors"
+    if entry.is_file():
+        try:
+            cached = safetensors.torch.load(entry.read_bytes())["features"]
+            if cached.ndim == 2 and cached.shape[1] == extractor.dim and cached.shape[0] >= 2:
+                return cached
+        except (safetensors.SafetensorError, KeyError, OSError):
+            pass
+    features = compute()
+    atomic_write_bytes(entry, safetensors.torch.save({"features": features.contiguous()}))
+    return features
