@@ -1,6 +1,7 @@
 """Each stage function called directly, chained on a small subset of the digits."""
 
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -65,10 +66,23 @@ def test_evaluate_reports_test_loss_for_tuned_and_base(chain):
 def test_score_computes_fid_and_prompt_accuracy_and_skips_missing_optionals(chain, tmp_path, monkeypatch):
     config, out, _ = chain
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    score_cfg = {**config["score"], "lpips": True, "clip_model": "openai/clip-vit-base-patch16"}
+    score_cfg = {**config["score"], "lpips": True, "clip_model": "openai/clip-vit-base-patch16",
+                 "reference_cache": str(tmp_path / "reference-features")}
     result = score_generation(out["dataset"].path, out["model"].path, config["model"], score_cfg, 0, out["score_metrics"], out["samples"])
     values = result["metrics"]
     assert values["fid"] > 0 and values["base_fid"] > 0
+    assert values["kid_std"] >= 0 and all(math.isfinite(values[k]) for k in ("kid", "base_kid"))
+    # the cached reference features are the extractor's features of the test images, keyed by its weights
+    from safetensors.torch import load_file as load_tensors
+    from trainflow.config import ScoreConfig
+    from trainflow.data.manifest import read_manifest
+    from trainflow.metrics.feature_extractors import load_feature_extractor
+    from trainflow.stages.score_generation import _load_reference
+
+    (entry,) = (tmp_path / "reference-features").glob("*.safetensors")
+    extractor = load_feature_extractor(ScoreConfig(**score_cfg).fid_features, torch.device("cpu"))
+    real = _load_reference(Path(out["dataset"].path), [e.image for e in read_manifest(Path(out["dataset"].path), "test")])
+    assert entry.name.startswith(extractor.identity) and torch.allclose(load_tensors(entry)["features"], extractor(real))
     assert 0 <= values["prompt_accuracy"] <= 1
     assert "alexnet-owt-7be5be79.pth" in result["skipped"]["lpips_diversity"]
     assert "openai/clip-vit-base-patch16" in result["skipped"]["clip_score"]

@@ -276,6 +276,7 @@ def _print_generation_metrics(result: dict[str, Any], console: Console) -> None:
         table.add_column(column, justify=justify)
     rows = [("test denoising loss", evaluation, "test_loss", "lower"),
             (f"FID ({samples.get('fid_features', '?')} features)", scores, "fid", "lower"),
+            ("KID (same features)", scores, "kid", "lower"),
             ("prompt accuracy", scores, "prompt_accuracy", "higher"),
             ("CLIP score", scores, "clip_score", "higher"),
             ("LPIPS to the test image", scores, "lpips", "lower"),

@@ -66,6 +66,12 @@ class GenerationConfig(Section):
 class ScoreConfig(Section):
     generation: GenerationConfig = GenerationConfig()
     fid_features: FeatureExtractorConfig = FeatureExtractorConfig()
+    kid: bool = Field(True, description="Report KID (unbiased kernel distance, mean and std over 100 subsets) beside FID; "
+                                        "FID is biased upwards for a few hundred images, KID is not.")
+    reference_cache: str | None = Field(
+        None, description="A folder keeping the real test images' features per feature extractor (its weights' digest) "
+                          "and test-image content hash: a re-run on the same test split reuses them. On a cluster, a "
+                          "folder on the workspace volume, e.g. /workspace/reference-features.")
     # Optional metrics: when their weights are missing they are reported as skipped.
     clip_model: str | None = Field(None, description="CLIP model folder or hub id, e.g. openai/clip-vit-large-patch14.")
     lpips: bool = True

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from trainflow.errors import UserFacingError
-from trainflow.metrics.feature_extractors import FeatureExtractor
 from trainflow.metrics.frechet import frechet_distance_from_statistics
 
 
@@ -36,13 +35,6 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     sigma1 = np.atleast_2d(np.cov(real64, rowvar=False))
     sigma2 = np.atleast_2d(np.cov(fake64, rowvar=False))
     return frechet_distance_from_statistics(real64.mean(0), sigma1, fake64.mean(0), sigma2)
-
-
-def fid(extractor: FeatureExtractor, real_images: torch.Tensor, fake_images: torch.Tensor, real_features: torch.Tensor | None = None) -> float:
-    real = extractor(real_images) if real_features is None else real_features
-    fake = extractor(fake_images)
-    check_informative(real, "the real test images")
-    return frechet_distance(real, fake)
 
 
 @torch.no_grad()

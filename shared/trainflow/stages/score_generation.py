@@ -1,4 +1,4 @@
-"""Stage 5: generate images for the test captions and score them (FID, prompt accuracy, CLIP, LPIPS, PSNR, SSIM)."""
+"""Stage 5: generate images for the test captions and score them (FID, KID, prompt accuracy, CLIP, LPIPS, PSNR, SSIM)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from trainflow.errors import UserFacingError
 from trainflow.metrics import generation_metrics as gm
 from trainflow.metrics import image_quality as iq
 from trainflow.metrics.feature_extractors import load_feature_extractor
+from trainflow.metrics.image_features import cached_features, dataset_content_hash
+from trainflow.metrics.kernel_distance import kernel_inception_distance
 from trainflow.metrics.weights import hf_model_folder
 from trainflow.models.image_classifier import load_classifier
 from trainflow.report.sample_grid import sample_grid_html
@@ -39,7 +41,8 @@ def score_generation(
 ) -> dict[str, Any]:
     """Generate one image per test caption with the fine-tuned model (and the base model) and score both.
 
-    Required: the FID feature extractor's weights (MissingWeightsError names the file).
+    Required: the FID feature extractor's weights (MissingWeightsError names the file); KID
+    (score.kid) uses the same features.
     Optional: prompt accuracy (needs labels and score.prompt_classifier), CLIP score
     (score.clip_model), LPIPS to the reference image and LPIPS diversity (backbone in
     TORCH_HOME, score.lpips); PSNR/SSIM to the reference image need no weights. Every
@@ -61,7 +64,7 @@ def score_generation(
         captions = [e.caption for e in entries]
         real = _load_reference(dataset_root, [e.image for e in entries])
         resolution = real.shape[-1]
-        real_features = extractor(real)
+        real_features = _reference_features(cfg, extractor, dataset_root, entries, real)
         gm.check_informative(real_features, "the real test images")
         scorers, skipped = _build_scorers(cfg, entries, real, device, seed)
 
@@ -79,7 +82,11 @@ def score_generation(
 
         values: dict[str, float] = {}
         for prefix, images in generated.items():
-            values[f"{prefix}fid"] = gm.fid(extractor, real, images, real_features=real_features)
+            fake_features = extractor(images)
+            values[f"{prefix}fid"] = gm.frechet_distance(real_features, fake_features)
+            if cfg.kid:
+                kid = kernel_inception_distance(real_features, fake_features, seed=seed)
+                values[f"{prefix}kid"], values[f"{prefix}kid_std"] = kid.mean, kid.std
             for name, scorer in scorers.items():
                 values[f"{prefix}{name}"] = scorer(images)
 
@@ -96,6 +103,14 @@ def score_generation(
         for name, reason in skipped.items():
             print(f"score: {name} skipped: {reason}")
     return {"metrics": values, "skipped": skipped, "fid_features": extractor.name}
+
+
+def _reference_features(cfg: ScoreConfig, extractor, dataset_root: Path, entries, real: torch.Tensor) -> torch.Tensor:
+    """The real test images' features, through score.reference_cache when set (keyed by extractor and image content)."""
+    if not cfg.reference_cache:
+        return extractor(real)
+    content = dataset_content_hash([dataset_root / e.image for e in entries])
+    return cached_features(content, extractor, cfg.reference_cache, lambda: extractor(real))
 
 
 def _build_scorers(cfg: ScoreConfig, entries, real: torch.Tensor, device, seed: int) -> tuple[dict[str, Callable[[torch.Tensor], float]], dict[str, str]]:
