@@ -15,7 +15,7 @@ trainflow-datasets, trainflow-weights-cache), not KFP 2.17's pipeline workspace
    workspace PVC is deleted with its run; named PVCs are needed for them anyway;
 3. kfp.local deletes its workspace folder when a pipeline run ends, failed or not, so a local
    re-run could not resume training from it.
-The cost: checkpoints stay on the workspace under runs/<KFP run id>/ until someone prunes them.
+The cost: checkpoints stay on the workspace under runs/<KFP run id>/ until `trainflow prune-runs` removes them.
 
 Retries: KFP 2.17's retry policy has a count and a backoff but no exit-code filter, so a user
 error (exit code 2, see trainflow.stage_runner) in a retried task would be retried. Every

@@ -102,7 +102,27 @@ def test_cli_prints_one_line_naming_the_field_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("verb", [[], ["run"], ["compile"], ["validate"], ["check-data"], ["demo-assets"], ["fid"], ["train-worker"], ["submit"], ["schedule"], ["runs"], ["compare"], ["weights"], ["weights", "check"], ["weights", "fetch"]])
+def all_verbs(parser=None, prefix=()) -> list[list[str]]:
+    """Every verb and sub-verb of the trainflow CLI, read from its parser (a new verb is covered without listing it)."""
+    import argparse
+
+    from trainflow.cli import build_parser
+
+    parser = parser or build_parser()
+    found = [list(prefix)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += all_verbs(sub, (*prefix, name))
+    return found
+
+
+def test_the_verb_list_is_read_from_the_parser():
+    verbs = all_verbs()
+    assert ["prune-runs"] in verbs and ["weights", "fetch"] in verbs and len(verbs) >= 16
+
+
+@pytest.mark.parametrize("verb", all_verbs())
 def test_every_verb_has_help(verb):
     result = subprocess.run([sys.executable, "-m", "trainflow", *verb, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: trainflow" in result.stdout

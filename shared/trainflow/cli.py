@@ -114,6 +114,13 @@ def _fid(args: argparse.Namespace) -> int:
     ))
 
 
+def _prune_runs(args: argparse.Namespace) -> int:
+    from trainflow.kubeflow.run_pruning import prune_runs
+
+    prune_runs(args.runs_dir, args.keep_last, args.keep_days, dry_run=args.dry_run, verbose=args.verbose)
+    return 0
+
+
 def _kfp_target(args: argparse.Namespace):
     from trainflow.submission.kfp_connection import KfpTarget
 
@@ -248,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--save-stats", metavar="PATH", help="write the first input's statistics to PATH (.npz, pytorch-fid's format)")
     fid.add_argument("--cache", metavar="DIR", help="keep each folder's statistics (features with --kid) in DIR, keyed by the weights' digest and the folder's content; an unchanged folder is then read from there")
     fid.set_defaults(handler=_fid)
+
+    prune = verbs.add_parser("prune-runs", help="remove old run folders (checkpoints, caches, TensorBoard) from the workspace", description="Remove run folders under the workspace's runs folder (<workspace>/runs/<KFP run id>/), keeping the newest --keep-last runs and every run written to in the last --keep-days days. A run's age is the newest change inside it, so a running one is kept. Registered models are in MLflow, not here. Folders that are not trainflow runs are left alone.")
+    prune.add_argument("runs_dir", metavar="RUNS_DIR", help="the workspace's runs folder, e.g. /workspace/runs")
+    prune.add_argument("--keep-last", type=int, default=10, help="always keep this many newest runs (default: 10)")
+    prune.add_argument("--keep-days", type=float, default=14, help="keep every run written to in this many days (default: 14)")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    prune.add_argument("--verbose", action="store_true", help="also list the kept and the ignored folders")
+    prune.set_defaults(handler=_prune_runs)
 
     submit = verbs.add_parser("submit", help="upload the pipeline to Kubeflow and start a run", description="Compile the pipeline with the config baked in, upload it as a pipeline version named by its content hash (an unchanged package reuses its version), and start a run; prints the run's URL.")
     _add_kfp_arguments(submit)
