@@ -84,10 +84,10 @@ def test_a_killed_build_resumes_from_its_finished_shards_and_equals_a_clean_one(
     written: list[str] = []
     original = latent_cache_build._write_shard
 
-    def failing(path, moments, text):
+    def failing(path, *arrays):
         if len(written) == 2:
             raise OSError("node preempted (injected)")
-        original(path, moments, text)
+        original(path, *arrays)
         written.append(Path(path).name)
 
     monkeypatch.setattr(latent_cache_build, "_write_shard", failing)
@@ -102,3 +102,43 @@ def test_a_killed_build_resumes_from_its_finished_shards_and_equals_a_clean_one(
     assert facts["reused"] is False and facts["num_test"] == 6
     assert_same(clean, contents(out))
     assert not list(out.parent.glob(".cache.build-*"))  # the build folder became the output
+
+
+def test_flipped_latents_are_the_mirrored_images_encoded_and_half_of_each_epoch_uses_them(dataset, tiny_base_model, clean, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from trainflow.data.manifest import read_manifest
+    from trainflow.data.transforms import SampleKey
+    from trainflow.training.batch_plan import EpochPlan
+    from trainflow.training.distributed import ProcessInfo
+
+    build(dataset, tiny_base_model, tmp_path / "flip", flip_latents=True)
+    arrays = contents(tmp_path / "flip")
+    assert "train/latent_moments_flipped" in arrays and "val/latent_moments_flipped" not in arrays
+    np.testing.assert_array_equal(arrays["train/latent_moments"], clean["train/latent_moments"])  # unchanged beside it
+    # the mirrored image through the same VAE, in the cache's batches of 4
+    vae = AutoencoderKL.from_pretrained(Path(tiny_base_model) / "vae").eval()
+    first = read_manifest(dataset, "train")[:4]
+    pixels = latent_cache_build.load_images(dataset, [e.image for e in first])
+    with torch.no_grad():
+        expected = vae.encode(torch.flip(pixels, dims=[3])).latent_dist.parameters.numpy()
+    np.testing.assert_allclose(arrays["train/latent_moments_flipped"][:4], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(arrays["train/latent_moments_flipped"][:4], arrays["train/latent_moments"][:4], atol=1e-3)
+
+    train = CachedLatents(tmp_path / "flip", "train")
+    assert train.takes_sample_keys and not CachedLatents(tmp_path / "flip", "val").takes_sample_keys
+    picks = {epoch: [train.mirrored(SampleKey(i, epoch, 0)) for i in range(len(train))] for epoch in range(4)}
+    assert all(8 <= sum(p) <= 20 for p in picks.values())  # about half of 28 each epoch
+    assert picks[0] != picks[1] and picks[0] == [train.mirrored(SampleKey(i, 0, 0)) for i in range(len(train))]
+    mirrored_index = picks[0].index(True)
+    item = train[SampleKey(mirrored_index, 0, 0)]
+    assert item["index"].item() == mirrored_index
+    assert torch.equal(item["moments"], torch.from_numpy(arrays["train/latent_moments_flipped"][mirrored_index]))
+    assert torch.equal(train[mirrored_index]["moments"], torch.from_numpy(arrays["train/latent_moments"][mirrored_index]))
+    # through the engine's own epoch loader: the records it draws in epoch 2 are mirrored as their keys say
+    plan = EpochPlan(train, ProcessInfo(), seed=0, records_per_step=4)
+    batch = next(iter(plan.loader(2, 0, 4, 0, False)))
+    for index, moments in zip(batch["index"].tolist(), batch["moments"]):
+        source = "train/latent_moments_flipped" if train.mirrored(SampleKey(index, 2, 0)) else "train/latent_moments"
+        assert torch.equal(moments, torch.from_numpy(arrays[source][index]))

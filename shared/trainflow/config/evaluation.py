@@ -25,6 +25,11 @@ class CacheConfig(Section):
         None, description="A shared folder of caches keyed by their inputs: a run whose dataset and cache settings "
                           "match reuses the cache there, and a killed build resumes from its last complete shard. "
                           "Training must see this folder at the same path.")
+    flip_latents: bool = Field(
+        False, description="Text-to-image: also encode every train image mirrored left-right; each epoch training "
+                           "uses the mirrored latents for a seeded half of the records (random horizontal flip, the "
+                           "same on resume). Doubles the train split's encoding once; costs nothing per step. "
+                           "Leave off when left and right matter (text in images, asymmetric subjects).")
 
     @model_validator(mode="after")
     def _contiguous_is_uncompressed(self) -> "CacheConfig":

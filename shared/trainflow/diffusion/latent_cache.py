@@ -5,6 +5,7 @@
         uncond_embedding            (1, tokens, dim)   embedding of the empty caption
         uncond_input_ids            (1, tokens)        token ids of the empty caption
         <split>/latent_moments      (N, 2C, h, w)      VAE posterior mean and log-variance
+        train/latent_moments_flipped (N, 2C, h, w)     the same of the mirrored image (cache.flip_latents)
         <split>/text_embeddings     (N, tokens, dim)
         <split>/input_ids           (N, tokens)        caption token ids (to train the text encoder)
         <split>/record_ids, captions (N,) strings;  labels (N,) int, -1 when unknown
@@ -22,9 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trainflow.data.transforms import SampleKey, step_seed
 from trainflow.errors import UserFacingError
 
 CACHE_FILE = "latents.h5"
+FLIPPED = "latent_moments_flipped"
+FLIP_STEP = 1_000_003  # step number of the flip draw in step_seed, apart from any transform's steps
 
 
 def cache_file(cache_dir: str | Path) -> Path:
@@ -62,6 +66,11 @@ class CachedLatents(Dataset):
 
     Small splits are read into memory once; large ones are read per item with
     one file handle per DataLoader worker (h5py handles must not cross a fork).
+
+    With mirrored latents in the split (cache.flip_latents) the training loader hands
+    SampleKeys (`takes_sample_keys`), and each record is mirrored in a seeded half of
+    its (seed, epoch) draws: a pure function of the key, so resume and worker count
+    cannot change it. A plain index always gives the record as ingested.
     """
 
     def __init__(self, cache_dir: str | Path, split: str, in_memory_limit_bytes: int = 2 << 30) -> None:
@@ -72,28 +81,36 @@ class CachedLatents(Dataset):
                 raise UserFacingError(f"{self.path} has no '{split}' split; rebuild the cache from an ingest output")
             group = handle[split]
             self.length = len(group["record_ids"])
-            size = group["latent_moments"].nbytes + group["text_embeddings"].nbytes
+            self.takes_sample_keys = FLIPPED in group
+            size = sum(group[name].nbytes for name in ("latent_moments", "text_embeddings", FLIPPED) if name in group)
             if size <= in_memory_limit_bytes:
                 self._moments = torch.from_numpy(group["latent_moments"][()]).float()
+                self._flipped = torch.from_numpy(group[FLIPPED][()]).float() if self.takes_sample_keys else None
                 self._text = torch.from_numpy(group["text_embeddings"][()]).float()
                 self._ids = torch.from_numpy(group["input_ids"][()]).long()
             else:
-                self._moments = self._text = self._ids = None
+                self._moments = self._flipped = self._text = self._ids = None
         self._handle: h5py.File | None = None
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def mirrored(self, key: int | SampleKey) -> bool:
+        """Whether this draw of the record uses its mirrored latents."""
+        return self.takes_sample_keys and isinstance(key, SampleKey) and step_seed(key, FLIP_STEP) % 2 == 1
+
+    def __getitem__(self, key: int | SampleKey) -> dict[str, torch.Tensor]:
+        index, mirrored = int(key.index if isinstance(key, SampleKey) else key), self.mirrored(key)
         if self._moments is not None:
-            return {"index": torch.tensor(index), "moments": self._moments[index], "text": self._text[index],
+            moments = (self._flipped if mirrored else self._moments)[index]
+            return {"index": torch.tensor(index), "moments": moments, "text": self._text[index],
                     "input_ids": self._ids[index]}
         if self._handle is None:
             self._handle = h5py.File(self.path, "r")  # opened per worker process: h5py handles must not cross a fork
         group = self._handle[self.split]
         return {
             "index": torch.tensor(index),
-            "moments": torch.from_numpy(np.asarray(group["latent_moments"][index], dtype=np.float32)),
+            "moments": torch.from_numpy(np.asarray(group[FLIPPED if mirrored else "latent_moments"][index], dtype=np.float32)),
             "text": torch.from_numpy(np.asarray(group["text_embeddings"][index], dtype=np.float32)),
             "input_ids": torch.from_numpy(np.asarray(group["input_ids"][index], dtype=np.int64)),
         }

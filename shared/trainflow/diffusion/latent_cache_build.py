@@ -9,6 +9,9 @@ one a retry into the same output path still resumes. Records are encoded in shar
 RECORDS_PER_SHARD (or cache.shard_records when smaller), each written atomically and recorded in
 the build's progress file, so a pod killed after hours of VAE encoding loses at most one shard.
 When every shard is there they are assembled into latents.h5 (written atomically) and removed.
+With cache.flip_latents every train image is also encoded mirrored (the VAE is not exactly
+flip-equivariant, so flipping the latent tensor would not be the same thing); CachedLatents
+then picks one of the two per record and epoch.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def build_latent_cache(dataset_dir: str | Path, output_dir: str | Path, model_cf
     root, output = Path(dataset_dir), Path(output_dir)
     base_folder = resolve_pipeline_folder(model_cfg.base, model_cfg.revision)
     key = cache_key(root, "latents", {"base_model": model_cfg.base, "encoders_sha256": encoders_sha256(base_folder),
-                                      "storage_dtype": cfg.storage_dtype})
+                                      "storage_dtype": cfg.storage_dtype, "flip_latents": cfg.flip_latents})
     splits = {split: read_manifest(root, split) for split in SPLITS}
     if not splits["train"]:
         raise UserFacingError("the train split is empty; ingest more records or change ingest.split")
@@ -116,24 +119,30 @@ def _encode_shards(build: CacheBuildFolder, root: Path, splits, tokenizer, vae, 
                 if name in completed:
                     continue
                 chunk = entries[index * size:(index + 1) * size]
-                moments, text = [], []
+                moments, text, flipped = [], [], []
                 for start in range(0, len(chunk), cfg.batch_size):
                     batch = chunk[start:start + cfg.batch_size]
                     with torch.no_grad():
                         pixels = load_images(root, [e.image for e in batch]).to(device)
                         moments.append(vae.encode(pixels).latent_dist.parameters.cpu().numpy().astype(storage))
+                        if cfg.flip_latents and split == "train":  # the mirrored image, encoded (the VAE is not flip-equivariant)
+                            mirrored = torch.flip(pixels, dims=[3])
+                            flipped.append(vae.encode(mirrored).latent_dist.parameters.cpu().numpy().astype(storage))
                         text.append(encode_captions(tokenizer, text_encoder, [e.caption for e in batch], device)
                                     .cpu().numpy().astype(storage))
                     progress.update(len(batch))
-                _write_shard(build.folder / name, np.concatenate(moments), np.concatenate(text))
+                _write_shard(build.folder / name, np.concatenate(moments), np.concatenate(text),
+                             np.concatenate(flipped) if flipped else None)
                 build.mark_complete(completed, name, {"records": len(chunk)})
     return names
 
 
-def _write_shard(path: Path, moments: np.ndarray, text: np.ndarray) -> None:
+def _write_shard(path: Path, moments: np.ndarray, text: np.ndarray, flipped: np.ndarray | None = None) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     with h5py.File(temporary, "w") as handle:
         handle["latent_moments"], handle["text_embeddings"] = moments, text
+        if flipped is not None:
+            handle["latent_moments_flipped"] = flipped
     os.replace(temporary, path)
 
 
@@ -143,6 +152,7 @@ def _assemble(final: Path, folder: Path, shards: dict[str, list[str]], splits, a
     with h5py.File(folder / shards["train"][0], "r") as first:
         moment_shape, text_shape = first["latent_moments"].shape[1:], first["text_embeddings"].shape[1:]
         dtype = first["latent_moments"].dtype
+        train_flipped = "latent_moments_flipped" in first
     temporary = final.with_name(f".{final.name}.tmp")
     strings = h5py.string_dtype()
     with h5py.File(temporary, "w") as handle:
@@ -150,6 +160,7 @@ def _assemble(final: Path, folder: Path, shards: dict[str, list[str]], splits, a
         handle["uncond_embedding"] = uncond_embedding
         handle["uncond_input_ids"] = tokenize_captions(tokenizer, [""]).numpy().astype(np.int64)
         for split, entries in splits.items():
+            flipped = train_flipped and split == "train"
             group = handle.create_group(split)
             group.create_dataset("record_ids", data=[e.record_id for e in entries], dtype=strings)
             group.create_dataset("captions", data=[e.caption for e in entries], dtype=strings)
@@ -161,12 +172,16 @@ def _assemble(final: Path, folder: Path, shards: dict[str, list[str]], splits, a
                                            chunks=(1, *moment_shape) if entries else None)
             text = group.create_dataset("text_embeddings", shape=(len(entries), *text_shape), dtype=dtype,
                                         chunks=(1, *text_shape) if entries else None)
+            arrays = {"latent_moments": moments, "text_embeddings": text}
+            if flipped:
+                arrays["latent_moments_flipped"] = group.create_dataset(
+                    "latent_moments_flipped", shape=(len(entries), *moment_shape), dtype=dtype, chunks=(1, *moment_shape))
             start = 0
             for name in shards[split]:
                 with h5py.File(folder / name, "r") as shard:
                     count = shard["latent_moments"].shape[0]
-                    moments[start:start + count] = shard["latent_moments"][()]
-                    text[start:start + count] = shard["text_embeddings"][()]
+                    for array_name, target in arrays.items():
+                        target[start:start + count] = shard[array_name][()]
                 start += count
     os.replace(temporary, final)
     for names in shards.values():
