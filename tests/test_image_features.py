@@ -159,3 +159,18 @@ def test_quantising_matches_a_saved_png(tmp_path):
     Image.fromarray(array).save(tmp_path / "sample.png")
     reread = TF.ToTensor()(Image.open(tmp_path / "sample.png").convert("RGB"))
     assert torch.equal(quantise_like_png(images)[0], reread)
+
+
+def test_feature_cache_reads_back_and_replaces_a_damaged_entry(tmp_path):
+    from trainflow.metrics.image_features import cached_features
+
+    extractor = colour_statistics_extractor()
+    calls = []
+    features = torch.arange(18, dtype=torch.float64).reshape(2, 9)
+    compute = lambda: (calls.append(1), features)[1]  # noqa: E731
+    assert torch.equal(cached_features("abc" * 11, extractor, tmp_path, compute), features) and len(calls) == 1
+    assert torch.equal(cached_features("abc" * 11, extractor, tmp_path, compute), features) and len(calls) == 1
+    (entry,) = tmp_path.glob("colour-stats-v1-*.safetensors")
+    entry.write_bytes(b"not safetensors")
+    assert torch.equal(cached_features("abc" * 11, extractor, tmp_path, compute), features) and len(calls) == 2
+    assert torch.equal(cached_features("abd" * 11, extractor, tmp_path, compute), features) and len(calls) == 3  # new content, new key

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes, save as save_safetensors_bytes
 from PIL import Image
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS  # pytorch-fid's own list: a folder yields the same files
 
@@ -243,11 +243,11 @@ def cached_features(
     entry = Path(cache_dir) / f"{extractor.identity or extractor.name}-{content_hash[:32]}.safetensors"
     if entry.is_file():
         try:
-            cached = safetensors.torch.load(entry.read_bytes())["features"]
+            cached = load_safetensors_bytes(entry.read_bytes())["features"]
             if cached.ndim == 2 and cached.shape[1] == extractor.dim and cached.shape[0] >= 2:
                 return cached
-        except (safetensors.SafetensorError, KeyError, OSError):
+        except (SafetensorError, KeyError, OSError):
             pass
     features = compute()
-    atomic_write_bytes(entry, safetensors.torch.save({"features": features.contiguous()}))
+    atomic_write_bytes(entry, save_safetensors_bytes({"features": features.contiguous()}))
     return features
