@@ -230,7 +230,11 @@ def test_whole_pipeline_runs_locally_and_registers(local_runner, tmp_path, digit
     assert (Path(outputs["model"].path) / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert outputs["score_metrics"].metadata["fid"] > 0
     assert outputs["dataset"].metadata["num_records"] == 60
+    from trainflow.local_run import run_summary
+
+    seconds = {stage["stage"]: stage["seconds"] for stage in run_summary(result)["stages"]}
+    assert all(isinstance(value, float) and value > 0 for value in seconds.values()), seconds  # build_cache too
     print_summary(result)
     printed = capsys.readouterr().out
-    assert "registered model test-model version 1" in printed
+    assert "registered model test-model version 1" in printed and "(see logs)" not in printed
     assert "prompt accuracy" in printed

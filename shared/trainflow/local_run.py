@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import json
 import re
 import shutil
 import sys
@@ -204,6 +205,20 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
             "pipeline_root": pipeline_root}
 
 
+def _recorded_seconds(run_folder: Path, stage: str) -> float | None:
+    """A stage's time from the artifact metadata kfp.local wrote for it, for stages whose outputs the pipeline does not return."""
+    record = run_folder / stage.replace("_", "-") / "executor_output.json"
+    try:
+        outputs = json.loads(record.read_text(encoding="utf-8")).get("artifacts", {})
+    except (OSError, ValueError):
+        return None
+    for output in outputs.values():
+        for artifact in output.get("artifacts", []):
+            if "stage_seconds" in artifact.get("metadata", {}):
+                return artifact["metadata"]["stage_seconds"]
+    return None
+
+
 def run_summary(result: dict[str, Any]) -> dict[str, Any]:
     """What the printed summary shows, as JSON: stages, metrics, best epoch, stop reason, registration."""
     config: RunConfig = result["config"]
@@ -211,9 +226,10 @@ def run_summary(result: dict[str, Any]) -> dict[str, Any]:
     family = "text_to_image" if config.task == "text_to_image" else "supervised"
     by_stage = {artifact.metadata.get("stage"): artifact for artifact in outputs.values()}
     stages = []
+    run_folder = Path(outputs["eval_metrics"].path).parents[1]  # kfp.local: <pipeline root>/<run>/<task>/<output>
     for stage in STAGES[family]:
         artifact = by_stage.get(stage)
-        seconds = artifact.metadata.get("stage_seconds") if artifact is not None else None
+        seconds = artifact.metadata.get("stage_seconds") if artifact is not None else _recorded_seconds(run_folder, stage)
         stages.append({"stage": stage, "status": "succeeded", "seconds": seconds})
     evaluation = dict(outputs["eval_metrics"].metadata)
     scores = dict(outputs["score_metrics"].metadata) if "score_metrics" in outputs else {}
