@@ -174,3 +174,13 @@ def test_feature_cache_reads_back_and_replaces_a_damaged_entry(tmp_path):
     entry.write_bytes(b"not safetensors")
     assert torch.equal(cached_features("abc" * 11, extractor, tmp_path, compute), features) and len(calls) == 2
     assert torch.equal(cached_features("abd" * 11, extractor, tmp_path, compute), features) and len(calls) == 3  # new content, new key
+
+
+def test_an_unwritable_cache_folder_is_one_sentence(tmp_path):
+    from trainflow.metrics.image_features import cached_features
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserFacingError, match="cannot write the feature cache entry .*a-file.*writable cache folder"):
+        cached_features("abc" * 11, colour_statistics_extractor(), blocker / "cache",
+                        lambda: torch.zeros(2, 9, dtype=torch.float64))

@@ -92,3 +92,14 @@ def test_cli_defaults_keep_recent_runs(runs, capsys):
                 os.utime(os.path.join(root, name), None)
     assert main(["prune-runs", str(runs)]) == 0
     assert len(list(runs.iterdir())) == 7 and "removed 0 of 6" in capsys.readouterr().out
+
+
+def test_a_folder_that_cannot_be_removed_is_one_sentence(runs, capsys, monkeypatch):
+    import shutil as shutil_module
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(shutil_module, "rmtree", refuse)
+    with pytest.raises(UserFacingError, match=r"cannot remove .*run-\d \(Permission denied\).*\.removing"):
+        prune_runs(runs, keep_last=2, keep_days=14, now=NOW)

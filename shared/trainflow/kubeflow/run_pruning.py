@@ -86,8 +86,13 @@ def plan_pruning(runs_dir: str | Path, keep_last: int, keep_days: float, now: fl
 def remove_run_folder(run: RunFolder) -> None:
     """Rename to a hidden sibling first (a retried pod then finds no half-deleted checkpoints), then delete."""
     doomed = run.path.with_name(f".{run.path.name}.removing")
-    os.replace(run.path, doomed)
-    shutil.rmtree(doomed)
+    try:
+        os.replace(run.path, doomed)
+        shutil.rmtree(doomed)
+    except OSError as exc:
+        raise UserFacingError(f"cannot remove {run.path} ({exc.strerror or exc}); the folders listed above were "
+                              f"removed, any rest of this one is in {doomed}; run prune-runs where the workspace is "
+                              "writable") from None
 
 
 def prune_runs(runs_dir: str | Path, keep_last: int, keep_days: float, dry_run: bool = False,

@@ -8,6 +8,7 @@ statistics. Features are kept only when asked (KID needs them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -211,6 +212,16 @@ def dataset_content_hash(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _writable_cache(entry: Path):
+    """A cache folder that cannot be written is the user's to fix: one sentence naming it, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserFacingError(f"cannot write the feature cache entry {entry} ({exc.strerror or exc}); "
+                              "give a writable cache folder (--cache or score.reference_cache)") from None
+
+
 def cached_folder_statistics(
     files: list[Path], extractor: FeatureExtractor, cache_dir: str | Path, batch_size: int = 50, num_workers: int = 1,
 ) -> GaussianStatistics:
@@ -227,7 +238,8 @@ def cached_folder_statistics(
         except UserFacingError:
             pass
     stats = stream_folder_statistics(files, extractor, batch_size, num_workers).statistics()
-    save_statistics(entry, stats)
+    with _writable_cache(entry):
+        save_statistics(entry, stats)
     return stats
 
 
@@ -249,5 +261,6 @@ def cached_features(
         except (SafetensorError, KeyError, OSError):
             pass
     features = compute()
-    atomic_write_bytes(entry, save_safetensors_bytes({"features": features.contiguous()}))
+    with _writable_cache(entry):
+        atomic_write_bytes(entry, save_safetensors_bytes({"features": features.contiguous()}))
     return features
