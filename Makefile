@@ -85,7 +85,7 @@ report-screenshot: setup
 	    exit 1; \
 	  fi; \
 	fi
-	$(BIN)/python -m trainflow.report.browser_screenshot --out .trainflow/report-screenshot
+	$(BIN)/python tools/report_screenshot.py --out .trainflow/report-screenshot
 
 clean:
 	rm -rf .trainflow build

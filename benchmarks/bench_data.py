@@ -39,7 +39,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, Dataset
 
 from trainflow.config import CacheConfig
-from trainflow.data.supervised_cache import SupervisedCache, build_supervised_cache, read_cache_index
+from trainflow.data.cache.supervised_cache import SupervisedCache, build_supervised_cache, read_cache_index
 from trainflow.training.batch_plan import EpochPlan
 from trainflow.training.distributed import ProcessInfo
 
@@ -117,7 +117,7 @@ STREAM_PROBE = """
 import sys
 import psutil
 from torch.utils.data import DataLoader
-from trainflow.data.supervised_cache import SupervisedCache, open_stream
+from trainflow.data.cache.supervised_cache import SupervisedCache, open_stream
 from trainflow.training.batch_plan import EpochPlan
 from trainflow.training.distributed import ProcessInfo
 process = psutil.Process()

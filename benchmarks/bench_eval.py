@@ -105,7 +105,7 @@ def exact_fid(a: Path, b: Path, weights: Path) -> dict:
     feature matrices: one SVD of an n1 x n2 matrix, exact to float64 round-off.
     """
     from trainflow.metrics.feature_extractors import load_inception_extractor
-    from trainflow.metrics.fid_command import reuse_freed_memory
+    from trainflow.commands.fid import reuse_freed_memory
     from trainflow.metrics.image_features import list_image_files, stream_folder_statistics
 
     reuse_freed_memory()

@@ -253,7 +253,7 @@ def floor_step(load: Workload, through_accelerate: bool):
     """step(i) of the bare loop on latents (one posterior draw per record) and embeddings held on the device."""
     from diffusers import DDPMScheduler
 
-    from trainflow.diffusion.latent_cache import CachedLatents, read_cache_attrs, sample_latents
+    from trainflow.data.cache.latent_cache import CachedLatents, read_cache_attrs, sample_latents
 
     data = CachedLatents(load.cache, "train", in_memory_limit_bytes=1 << 40)
     moments = torch.stack([data[i]["moments"] for i in range(len(data))])
@@ -396,7 +396,7 @@ class EngineContender:
 def build_trainer(load: Workload, contender: EngineContender):
     """The engine with validation and checkpoints as rare as the config allows, on a gated TextToImageTask."""
     from trainflow.config import TrainConfig, parse_section
-    from trainflow.data.cache_attrs import read_cache_dataset_hash
+    from trainflow.data.cache.attrs import read_cache_dataset_hash
     from trainflow.tasks.text_to_image import TextToImageTask
     from trainflow.training.engine import Trainer
     from trainflow.training.run_identity import RunIdentity
@@ -472,7 +472,7 @@ def print_report(load: Workload, contenders: list, memory: dict, header: str, in
 
 
 def describe(load: Workload) -> str:
-    from trainflow.diffusion.latent_cache import CachedLatents
+    from trainflow.data.cache.latent_cache import CachedLatents
 
     args = load.args
     params = sum(p.numel() for p in load_unet(load).parameters()) / 1e6

@@ -18,7 +18,7 @@ trainflow-datasets, trainflow-weights-cache), not KFP 2.17's pipeline workspace
 The cost: checkpoints stay on the workspace under runs/<KFP run id>/ until `trainflow prune-runs` removes them.
 
 Retries: KFP 2.17's retry policy has a count and a backoff but no exit-code filter, so a user
-error (exit code 2, see trainflow.stage_runner) in a retried task would be retried. Every
+error (exit code 2, see trainflow.stages.runner) in a retried task would be retried. Every
 pipeline therefore starts with `preflight`, a small CPU task without retries that checks the
 config, the data path, the weights and the workspace; ingest waits for it and every other task
 waits for ingest, so the tasks that retry (GPU stages: infrastructure failures; register:

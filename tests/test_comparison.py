@@ -11,8 +11,8 @@ import yaml
 
 from test_evaluation_report import run_evaluate, tiny_supervised_run
 from trainflow.artifacts import LocalArtifact
-from trainflow.compare.paired import compare_arrays
-from trainflow.compare.record_outputs import load_record_outputs, metric_function
+from trainflow.evaluation.paired import compare_arrays
+from trainflow.evaluation.record_outputs import load_record_outputs, metric_function
 from trainflow.models.model_folder import save_model_folder
 from trainflow.tasks.supervised import load_supervised_model
 
@@ -56,7 +56,7 @@ def test_a_model_compared_with_itself_shows_no_difference(candidate_and_chance):
 def test_champion_alias_gates_and_moves(candidate_and_chance, tmp_path):
     from mlflow import MlflowClient
 
-    from trainflow.compare.champion import champion_evidence
+    from trainflow.registry.champion import champion_evidence
     from trainflow.config import RegisterConfig
 
     run, result, out, chance_dir = candidate_and_chance

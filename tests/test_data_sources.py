@@ -11,7 +11,7 @@ from broken_corpus import digit_image, write_digit_imagefolder
 from trainflow.artifacts import LocalArtifact
 from trainflow.config import IngestConfig, parse_section
 from trainflow.data.manifest import read_dataset_info, read_manifest
-from trainflow.data.sources import read_source
+from trainflow.data.sources.read_source import read_source
 from trainflow.errors import ConfigError, UserFacingError
 from trainflow.stages.ingest_split import ingest_split
 

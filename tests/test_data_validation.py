@@ -12,10 +12,10 @@ from broken_corpus import (
 )
 from trainflow.artifacts import LocalArtifact
 from trainflow.config import IngestConfig
-from trainflow.data import record_validation
-from trainflow.data.caption_tokens import caption_token_counter
-from trainflow.data.image_decoding import ImageLimits, decode_image_file
-from trainflow.data.sources import read_source
+from trainflow.data.checks import record_validation
+from trainflow.data.checks.caption_tokens import caption_token_counter
+from trainflow.data.checks.image_decoding import ImageLimits, decode_image_file
+from trainflow.data.sources.read_source import read_source
 from trainflow.errors import UserFacingError
 from trainflow.stages.ingest_split import ingest_split
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 from trainflow.artifacts import LocalArtifact
-from trainflow.compare.record_outputs import load_record_outputs
-from trainflow.report.browser_screenshot import CHROMIUM, screenshot_html
+from trainflow.evaluation.record_outputs import load_record_outputs
 from trainflow.report.kfp_classification import roc_points
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate
 from trainflow.stages.ingest_split import ingest_split
 from trainflow.stages.train import train
 from trainflow.tasks.supervised import SupervisedTask, load_supervised_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from report_screenshot import CHROMIUM, screenshot_html  # noqa: E402  (a developer tool, not the library)
 
 OUTPUTS = ("metrics", "report", "summary", "predictions", "classification")
 TRAIN = {"batch_size": 16, "optimizer": {"learning_rate": 1e-2}, "logging": {"tensorboard": False}}
@@ -92,7 +95,7 @@ def test_evaluate_scores_best_and_last_checkpoint_and_reports_the_stop(iris_run)
 
 
 def _test_inputs(run: dict) -> torch.Tensor:
-    from trainflow.data.supervised_cache import SupervisedCache
+    from trainflow.data.cache.supervised_cache import SupervisedCache
 
     test_set = SupervisedCache(run["cache"].path, "test")
     return torch.stack([test_set[index]["inputs"] for index in range(len(test_set))])
@@ -101,7 +104,7 @@ def _test_inputs(run: dict) -> torch.Tensor:
 def test_predictions_hold_every_record_in_test_split_order(iris_run):
     run, result, out = iris_run
     scored = load_record_outputs(out["predictions"].path)
-    from trainflow.compare.record_outputs import test_record_ids
+    from trainflow.evaluation.record_outputs import test_record_ids
 
     assert scored.record_ids == test_record_ids(run["cache"].path) and len(scored.record_ids) == result["num_test"]
     assert set(scored.outputs) == {"best", "last"} and scored.truth.dtype == torch.int64

@@ -151,7 +151,7 @@ def test_cache_gives_the_same_values_and_is_read_on_a_second_run(with_weights, f
     assert code == 0 and [float(line.split()[1]) for line in first.splitlines()] == pytest.approx(numbers, rel=1e-9)
     assert len(list((tmp_path / "cache").glob("inception-v3-64-*"))) == 2
 
-    from trainflow.metrics import fid_command
+    from trainflow.commands import fid as fid_command
 
     def no_network(*_args, **_kwargs):
         raise AssertionError("the cached folders were measured again")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from trainflow.artifacts import LocalArtifact
-from trainflow.diffusion import latent_cache_build
-from trainflow.diffusion.latent_cache import CACHE_FILE, CachedLatents
+from trainflow.data.cache import latent_cache_build
+from trainflow.data.cache.latent_cache import CACHE_FILE, CachedLatents
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.ingest_split import ingest_split
 
@@ -109,7 +109,7 @@ def test_flipped_latents_are_the_mirrored_images_encoded_and_half_of_each_epoch_
     from diffusers import AutoencoderKL
 
     from trainflow.data.manifest import read_manifest
-    from trainflow.data.transforms import SampleKey
+    from trainflow.data.loading.transforms import SampleKey
     from trainflow.training.batch_plan import EpochPlan
     from trainflow.training.distributed import ProcessInfo
 

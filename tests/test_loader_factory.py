@@ -15,12 +15,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from trainflow.config import TrainConfig  # noqa: E402
 from trainflow.config.data_loading import DataLoadingConfig  # noqa: E402
-from trainflow.data import loader_factory  # noqa: E402
-from trainflow.data.batch_collate import RecordBatch, collate_records, pad_collate  # noqa: E402
-from trainflow.data.loader_factory import (  # noqa: E402
+from trainflow.data.loading import loader_factory  # noqa: E402
+from trainflow.data.loading.batch_collate import RecordBatch, collate_records, pad_collate  # noqa: E402
+from trainflow.data.loading.loader_factory import (  # noqa: E402
     evaluation_loader, loader_options, resolve_num_workers, training_loader,
 )
-from trainflow.data.loader_monitor import MonitoredLoader  # noqa: E402
+from trainflow.data.loading.loader_monitor import MonitoredLoader  # noqa: E402
 from trainflow.training.batch_plan import EpochPlan  # noqa: E402
 from trainflow.training.distributed import ProcessInfo  # noqa: E402
 

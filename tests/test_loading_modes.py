@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from digits_artifact import write_digits_artifact  # noqa: E402
 from trainflow.config import CacheConfig  # noqa: E402
 from trainflow.config.data_loading import DataLoadingConfig  # noqa: E402
-from trainflow.data.batch_collate import collate_records  # noqa: E402
-from trainflow.data.loading_modes import EagerRecords, LruRecords, MemmapRecords, ShardRecords  # noqa: E402
-from trainflow.data.supervised_cache import SupervisedCache, build_supervised_cache, open_stream, read_cache_index  # noqa: E402
+from trainflow.data.loading.batch_collate import collate_records  # noqa: E402
+from trainflow.data.loading.modes import EagerRecords, LruRecords, MemmapRecords, ShardRecords  # noqa: E402
+from trainflow.data.cache.supervised_cache import SupervisedCache, build_supervised_cache, open_stream, read_cache_index  # noqa: E402
 from trainflow.errors import ConfigError, UserFacingError  # noqa: E402
 
 

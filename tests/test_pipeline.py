@@ -7,7 +7,7 @@ import yaml
 
 from conftest import small_config
 from trainflow.config import RunConfig
-from trainflow.registration_gates import failed_gates
+from trainflow.registry.gates import failed_gates
 from trainflow.config import Gate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_user_errors_are_caught_once_before_any_task_that_retries(cluster_pipeli
     inputs = tasks["preflight"]["inputs"]["parameters"]
     assert inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert inputs["platform"]["runtimeValue"]["constant"]["dataset_mount_path"] == "/mnt/images"
-    from trainflow.stage_runner import USER_ERROR_EXIT_CODE
+    from trainflow.stages.runner import USER_ERROR_EXIT_CODE
 
     assert USER_ERROR_EXIT_CODE not in (0, 1), "a user error must be told apart from a crash"
 
@@ -218,7 +218,7 @@ def test_gates():
 
 @pytest.mark.slow
 def test_whole_pipeline_runs_locally_and_registers(local_runner, tmp_path, digits_dir, tiny_base_model, digits_classifier, capsys):
-    from trainflow.local_run import print_summary, run_locally
+    from trainflow.commands.local_run import print_summary, run_locally
 
     payload = small_config(digits_dir, tiny_base_model, digits_classifier, tmp_path,
                            register={"gates": [{"metric": "fid", "max": 1.0e6}]})
@@ -230,7 +230,7 @@ def test_whole_pipeline_runs_locally_and_registers(local_runner, tmp_path, digit
     assert (Path(outputs["model"].path) / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert outputs["score_metrics"].metadata["fid"] > 0
     assert outputs["dataset"].metadata["num_records"] == 60
-    from trainflow.local_run import run_summary
+    from trainflow.commands.local_run import run_summary
 
     seconds = {stage["stage"]: stage["seconds"] for stage in run_summary(result)["stages"]}
     assert all(isinstance(value, float) and value > 0 for value in seconds.values()), seconds  # build_cache too

@@ -19,8 +19,8 @@ from trainflow.kubeflow import train_launch
 from trainflow.kubeflow.cluster_api import kubernetes_api_client
 from trainflow.kubeflow.distributed_spec import worker_command
 from trainflow.kubeflow.job_names import training_job_name
-from trainflow.kubeflow.preflight import preflight
-from trainflow.stage_runner import CANCELLED_EXIT_CODE, USER_ERROR_EXIT_CODE, run_stage
+from trainflow.stages.preflight import preflight
+from trainflow.stages.runner import CANCELLED_EXIT_CODE, USER_ERROR_EXIT_CODE, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ID = "5f1c0e0a-2b7d-4c55-9d3e-6a1b2c3d4e5f"
@@ -101,7 +101,7 @@ def test_preflight_finds_base_weights_missing_from_an_offline_cache(tmp_path, mo
 
 
 def test_preflight_needs_every_pipeline_part_of_a_local_base_model(tmp_path):
-    from trainflow.kubeflow.preflight import PIPELINE_PARTS
+    from trainflow.stages.preflight import PIPELINE_PARTS
 
     (tmp_path / "images").mkdir()
     base = tmp_path / "sd"
@@ -120,7 +120,7 @@ def test_preflight_needs_every_pipeline_part_of_a_local_base_model(tmp_path):
 @pytest.mark.slow  # imports diffusers and transformers
 def test_preflight_checks_the_parts_the_model_loader_needs():
     from trainflow.diffusion.model_loading import REQUIRED_PARTS
-    from trainflow.kubeflow.preflight import PIPELINE_PARTS
+    from trainflow.stages.preflight import PIPELINE_PARTS
 
     assert PIPELINE_PARTS == REQUIRED_PARTS
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from trainflow.local_run import StageReporter, one_line_error
+from trainflow.commands.local_run import StageReporter, one_line_error
 
 CYAN, RESET = "\033[96m", "\033[0m"
 

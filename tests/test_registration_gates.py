@@ -7,11 +7,11 @@ import functools
 import pytest
 import torch
 
-from trainflow.compare.paired import compare_arrays
+from trainflow.evaluation.paired import compare_arrays
 from trainflow.config import Gate, RegisterConfig, parse_section
 from trainflow.errors import ConfigError
 from trainflow.metrics.regression_metrics import regression_metrics
-from trainflow.registration_gates import ChampionEvidence, failed_gates
+from trainflow.registry.gates import ChampionEvidence, failed_gates
 
 
 def gates(*specs: dict) -> list[Gate]:

@@ -9,7 +9,7 @@ import pytest
 
 from trainflow.cli import main
 from trainflow.errors import UserFacingError
-from trainflow.kubeflow.run_pruning import SECONDS_PER_DAY, plan_pruning, prune_runs
+from trainflow.commands.prune_runs import SECONDS_PER_DAY, plan_pruning, prune_runs
 
 NOW = 1_800_000_000.0
 

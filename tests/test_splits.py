@@ -12,7 +12,7 @@ from trainflow.artifacts import LocalArtifact
 from trainflow.config import SplitFractions
 from trainflow.data.kfold_split import assign_folds
 from trainflow.data.manifest import read_folds
-from trainflow.data.record_validation import IngestRecord
+from trainflow.data.checks.record_validation import IngestRecord
 from trainflow.data.split import SPLITS, assign_splits, split_counts
 from trainflow.errors import UserFacingError
 from trainflow.stages.ingest_split import ingest_split

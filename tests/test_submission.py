@@ -18,7 +18,7 @@ import yaml
 from fake_kfp_api import FakeKfpApi
 from trainflow.cli import main
 from trainflow.errors import UserFacingError
-from trainflow.submission import pipeline_package
+from trainflow.kubeflow import pipeline_package
 
 TOKEN = "kfp-test-token-7f3a9c"
 CRON = "0 0 3 * * *"

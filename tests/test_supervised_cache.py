@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from digits_artifact import write_digits_artifact, write_table_artifact  # noqa: E402
 from trainflow.config import CacheConfig  # noqa: E402
-from trainflow.data import supervised_cache  # noqa: E402
-from trainflow.data.cache_build_folder import PROGRESS_FILE  # noqa: E402
+from trainflow.data.cache import supervised_cache  # noqa: E402
+from trainflow.data.cache.build_folder import PROGRESS_FILE  # noqa: E402
 from trainflow.data.manifest import read_manifest  # noqa: E402
-from trainflow.data.supervised_cache import SupervisedCache, build_supervised_cache, read_cache_index  # noqa: E402
+from trainflow.data.cache.supervised_cache import SupervisedCache, build_supervised_cache, read_cache_index  # noqa: E402
 from trainflow.errors import UserFacingError  # noqa: E402
 
 SMALL_SHARDS = CacheConfig(shard_records=8)
@@ -144,7 +144,7 @@ def test_a_build_killed_by_an_error_resumes_from_its_last_complete_shard(digits,
 KILLABLE_BUILD = """
 import sys, time
 from trainflow.config import CacheConfig
-from trainflow.data import supervised_cache
+from trainflow.data.cache import supervised_cache
 original = supervised_cache.write_shard
 def slow_write(*args):
     original(*args)

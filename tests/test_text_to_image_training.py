@@ -23,7 +23,7 @@ from transformers import CLIPTextModel
 from trainflow.artifacts import LocalArtifact
 from trainflow.config import DiffusionTrainingConfig, LoraConfig
 from trainflow.diffusion.denoising_loss import diffusion_target, per_record_loss
-from trainflow.diffusion.latent_cache import CachedLatents
+from trainflow.data.cache.latent_cache import CachedLatents
 from trainflow.errors import ConfigError
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate

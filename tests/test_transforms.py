@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from digits_artifact import write_digits_artifact  # noqa: E402
 from trainflow.config import CacheConfig  # noqa: E402
 from trainflow.config.data_loading import TransformsConfig  # noqa: E402
-from trainflow.data.supervised_cache import SupervisedCache, build_supervised_cache  # noqa: E402
-from trainflow.data.transforms import SampleKey, build_image_transform, check_transforms  # noqa: E402
+from trainflow.data.cache.supervised_cache import SupervisedCache, build_supervised_cache  # noqa: E402
+from trainflow.data.loading.transforms import SampleKey, build_image_transform, check_transforms  # noqa: E402
 from trainflow.errors import ConfigError, UserFacingError  # noqa: E402
 from trainflow.training.batch_plan import EpochPlan  # noqa: E402
 from trainflow.training.distributed import ProcessInfo  # noqa: E402

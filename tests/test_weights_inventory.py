@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from trainflow.config import RunConfig
-from trainflow.metrics import weights_inventory as wi
+from trainflow.commands import weights as wi
 
 
 def _config(tmp_path, **score) -> RunConfig:

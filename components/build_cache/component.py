@@ -14,7 +14,7 @@ def build_cache(dataset: Input[Dataset], model_config: dict, cache_config: dict,
       tasks write decoded uint8 images/masks or feature tables (supervised.h5).
     cache: folder holding the HDF5 cache.
     """
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.runner import run_stage
     from trainflow.stages.build_cache import build_cache as stage
 
     run_stage(stage, dataset_dir=dataset.path, model_config=model_config, config=cache_config, cache=cache, task=task)

@@ -21,7 +21,7 @@ def evaluate(
     summary: the same in short Markdown.
     predictions: per-record test outputs (predictions.safetensors + predictions.json) for later comparisons.
     """
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.runner import run_stage
     from trainflow.stages.evaluate import evaluate as stage
 
     run_stage(stage, cache_dir=cache.path, model_dir=model.path, model_config=model_config,

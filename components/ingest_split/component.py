@@ -14,7 +14,7 @@ def ingest_split(ingest_config: dict, seed: int, task: str, dataset: Output[Data
       metadata has counts and content_sha256.
     report: Markdown list of skipped records and why.
     """
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.runner import run_stage
     from trainflow.stages.ingest_split import ingest_split as stage
 
     run_stage(stage, config=ingest_config, seed=seed, dataset=dataset, report=report, task=task)

@@ -20,8 +20,8 @@ def preflight(
     report: Markdown list of what was checked and found.
     Runs without retries: a user error exits with code 2 here, once, instead of in a retried GPU task.
     """
-    from trainflow.kubeflow.preflight import preflight as stage
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.preflight import preflight as stage
+    from trainflow.stages.runner import run_stage
 
     sections = {"ingest": ingest_config, "model": model_config, "cache": cache_config, "train": train_config,
                 "evaluate": evaluate_config, "score": score_config, "register": register_config}

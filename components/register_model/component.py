@@ -22,7 +22,7 @@ def register_model(
     params: the whole run config, logged as MLflow params. task, seed: the run's.
     report: Markdown saying the registered version (which takes the champion alias), or why it was not registered.
     """
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.runner import run_stage
     from trainflow.stages.register_model import register_model as stage
 
     run_stage(stage, model_dir=model.path, dataset_metadata=dataset.metadata,

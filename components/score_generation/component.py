@@ -14,7 +14,7 @@ def score_generation(
     metrics: computed metrics (base model values prefixed base_); skipped ones are listed in report metadata.
     report: HTML sample grid with the metrics table.
     """
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.runner import run_stage
     from trainflow.stages.score_generation import score_generation as stage
 
     run_stage(stage, dataset_dir=dataset.path, model_dir=model.path, model_config=model_config,

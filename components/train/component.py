@@ -27,7 +27,7 @@ def train(
     tensorboard: TensorBoard event files (loss, learning rate, gradient norm, throughput, memory).
     """
     from trainflow.kubeflow.train_launch import train as stage
-    from trainflow.stage_runner import run_stage
+    from trainflow.stages.runner import run_stage
 
     run_stage(stage, task=task, cache_dir=cache.path, model_config=model_config, config=train_config, seed=seed,
               model=model, metrics=metrics, checkpoint_dir=checkpoint_dir, logs=tensorboard, platform=platform,

@@ -11,7 +11,7 @@ from trainflow.errors import UserFacingError
 
 def _run(args: argparse.Namespace) -> int:
     from trainflow.config import load_config
-    from trainflow.local_run import print_summary, run_locally
+    from trainflow.commands.local_run import print_summary, run_locally
 
     config = load_config(args.config)
     print(f"trainflow: running '{config.run_name}' ({config.task}) locally (state in {Path(args.state_dir).resolve()})",
@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UserFacingError(f"{exc} See that stage's log above for its error.") from None
     print_summary(result)
     if args.summary_json:
-        from trainflow.local_run import write_summary_json
+        from trainflow.commands.local_run import write_summary_json
 
         write_summary_json(result, args.summary_json)
     return 0
@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from trainflow.config import load_config
-    from trainflow.submission.pipeline_package import compile_pipeline_package, default_pipeline
+    from trainflow.kubeflow.pipeline_package import compile_pipeline_package, default_pipeline
 
     config = load_config(args.config, check_local_paths=False)  # paths are the pods' paths
     pipeline = args.pipeline or default_pipeline(config)
@@ -71,7 +71,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _check_data(args: argparse.Namespace) -> int:
     from trainflow.config import load_config
-    from trainflow.data.check_data import check_data, check_lines, write_check_json
+    from trainflow.data.checks.check_data import check_data, check_lines, write_check_json
 
     check = check_data(load_config(args.config, check_local_paths=False))  # a missing source is reported by the check
     print("\n".join(check_lines(check)))
@@ -89,7 +89,7 @@ def _demo_assets(args: argparse.Namespace) -> int:
 
 def _weights_check(args: argparse.Namespace) -> int:
     from trainflow.config import load_config
-    from trainflow.metrics.weights_inventory import inventory_lines, weights_needed
+    from trainflow.commands.weights import inventory_lines, weights_needed
 
     lines, all_required = inventory_lines(weights_needed(load_config(args.config, check_local_paths=False)))
     print("\n".join(lines))
@@ -98,7 +98,7 @@ def _weights_check(args: argparse.Namespace) -> int:
 
 def _weights_fetch(args: argparse.Namespace) -> int:
     from trainflow.config import load_config
-    from trainflow.metrics.weights_inventory import fetch_weights, weights_needed
+    from trainflow.commands.weights import fetch_weights, weights_needed
 
     done, failed = fetch_weights(weights_needed(load_config(args.config, check_local_paths=False)), args.to)
     print("\n".join(done + failed) or "nothing to fetch: this config names only local weight files")
@@ -106,7 +106,7 @@ def _weights_fetch(args: argparse.Namespace) -> int:
 
 
 def _fid(args: argparse.Namespace) -> int:
-    from trainflow.metrics.fid_command import FidOptions, run_fid
+    from trainflow.commands.fid import FidOptions, run_fid
 
     return run_fid(FidOptions(
         paths=args.path, dims=args.dims, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
@@ -115,20 +115,20 @@ def _fid(args: argparse.Namespace) -> int:
 
 
 def _prune_runs(args: argparse.Namespace) -> int:
-    from trainflow.kubeflow.run_pruning import prune_runs
+    from trainflow.commands.prune_runs import prune_runs
 
     prune_runs(args.runs_dir, args.keep_last, args.keep_days, dry_run=args.dry_run, verbose=args.verbose)
     return 0
 
 
 def _kfp_target(args: argparse.Namespace):
-    from trainflow.submission.kfp_connection import KfpTarget
+    from trainflow.kubeflow.kfp_connection import KfpTarget
 
     return KfpTarget(host=args.host, namespace=args.namespace, token_env=args.token_env)
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from trainflow.submission.kfp_runs import submit_pipeline_run
+    from trainflow.kubeflow.kfp_runs import submit_pipeline_run
 
     started = submit_pipeline_run(
         _kfp_target(args), args.config, pipeline=args.pipeline, experiment=args.experiment,
@@ -140,7 +140,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    from trainflow.submission.kfp_runs import schedule_pipeline
+    from trainflow.kubeflow.kfp_runs import schedule_pipeline
 
     target = _kfp_target(args)
     outcome = schedule_pipeline(
@@ -159,7 +159,7 @@ def _schedule(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trainflow.submission.kfp_runs import recent_runs, runs_table
+    from trainflow.kubeflow.kfp_runs import recent_runs, runs_table
 
     rows = recent_runs(_kfp_target(args), experiment=args.experiment, limit=args.limit)
     if not rows:
@@ -173,7 +173,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from trainflow.comparison import compare_models, comparison_lines, write_comparison_json
+    from trainflow.commands.compare import compare_models, comparison_lines, write_comparison_json
 
     result = compare_models(args.config, args.a, args.b, cache_dir=args.cache, metrics=args.metric,
                             resamples=args.resamples, confidence=args.confidence, device=args.device)

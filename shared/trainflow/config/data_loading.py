@@ -24,7 +24,7 @@ def _worker_count(value: Any) -> int | str:
     raise ValueError("must be a whole number of workers (0 = load in the training process) or 'auto'")
 
 
-# DataLoader workers: a count, or "auto" (trainflow.data.loader_factory.resolve_num_workers).
+# DataLoader workers: a count, or "auto" (trainflow.data.loading.loader_factory.resolve_num_workers).
 WorkerCount = Annotated[int | Literal["auto"], PlainValidator(_worker_count)]
 
 

@@ -13,7 +13,7 @@ class CacheConfig(Section):
     batch_size: int = Field(16, ge=1)
     storage_dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"
-    # Supervised caches (trainflow.data.supervised_cache): how the decoded records are stored.
+    # Supervised caches (trainflow.data.cache.supervised_cache): how the decoded records are stored.
     compression: Literal["none", "gzip", "lzf"] = Field("none", description="HDF5 filter; lzf is fast, gzip smaller.")
     compression_level: int = Field(4, ge=1, le=9, description="gzip only.")
     layout: Literal["chunked", "contiguous"] = Field(

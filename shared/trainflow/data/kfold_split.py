@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from trainflow.config import SplitFractions
-from trainflow.data.sources import IngestRecord
+from trainflow.data.sources.read_source import IngestRecord
 from trainflow.data.split import (
     group_assignment, layout_assignment, random_assignment, stratified_assignment, require_labels,
 )

@@ -5,7 +5,7 @@
                          image, mask (relative PNG paths), caption, label, targets, features, group
         dataset.json     task, kind (image | table), class_names, target_names, feature_names, resolution,
                          split (the ingest.split settings used)
-        rejected.jsonl   one JSON object per rejected record: ref, source, reason, rule (trainflow.data.quarantine)
+        rejected.jsonl   one JSON object per rejected record: ref, source, reason, rule (trainflow.data.checks.quarantine)
         folds.json       k-fold kinds only: the test ids and each fold's train/val ids (trainflow.data.kfold_split)
         images/<split>/<n>.png   the record's image, resized and center-cropped
         masks/<split>/<n>.png    segmentation class ids, resized with nearest neighbour

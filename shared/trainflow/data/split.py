@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 
 from trainflow.config import SplitFractions
-from trainflow.data.sources import IngestRecord
+from trainflow.data.sources.read_source import IngestRecord
 from trainflow.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")

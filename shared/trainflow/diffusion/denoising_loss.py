@@ -13,7 +13,7 @@ import torch
 from diffusers.training_utils import compute_snr
 from torch.nn import functional as F
 
-from trainflow.diffusion.latent_cache import sample_latents
+from trainflow.data.cache.latent_cache import sample_latents
 from trainflow.errors import ConfigError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -52,7 +52,7 @@ def prompt_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, batc
 
 def prompt_accuracy_interval(hits: torch.Tensor, seed: int, n_resamples: int = 1000) -> tuple[float, float]:
     """Seeded percentile-bootstrap 95% interval of prompt accuracy, resampling prompts."""
-    from trainflow.metrics.bootstrap import bootstrap_intervals
+    from trainflow.evaluation.bootstrap import bootstrap_intervals
 
     return bootstrap_intervals(lambda hits: {"prompt_accuracy": float(hits.mean())}, {"hits": hits}, ["prompt_accuracy"],
                                n_resamples=n_resamples, seed=seed)["prompt_accuracy"]

@@ -12,7 +12,7 @@ Every function returns JSON-able Python values; a number that is undefined on th
 given data is absent and explained under the result's `skipped` entry.
 """
 
-from trainflow.metrics.bootstrap import bootstrap_intervals, paired_bootstrap, resample_indices
+from trainflow.evaluation.bootstrap import bootstrap_intervals, paired_bootstrap, resample_indices
 from trainflow.metrics.classification_metrics import classification_metrics
 from trainflow.metrics.metric_directions import is_lower_better
 from trainflow.metrics.regression_metrics import regression_metrics

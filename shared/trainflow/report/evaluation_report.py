@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from trainflow.compare.record_outputs import HEADLINE_METRICS, RecordOutputs
+from trainflow.evaluation.record_outputs import HEADLINE_METRICS, RecordOutputs
 from trainflow.metrics.metric_directions import is_lower_better
 from trainflow.report import figures
 

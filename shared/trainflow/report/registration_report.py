@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainflow.registration_gates import ChampionEvidence
+from trainflow.registry.gates import ChampionEvidence
 
 
 def champion_lines(evidence: ChampionEvidence | None) -> list[str]:

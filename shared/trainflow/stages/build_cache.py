@@ -6,9 +6,9 @@ from typing import Any
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.config import CacheConfig, ModelConfig, parse_section
-from trainflow.data.supervised_cache import build_supervised_cache
+from trainflow.data.cache.supervised_cache import build_supervised_cache
 from trainflow.devices import pick_device
-from trainflow.diffusion.latent_cache_build import build_latent_cache
+from trainflow.data.cache.latent_cache_build import build_latent_cache
 
 
 def build_cache(
@@ -17,10 +17,10 @@ def build_cache(
 ) -> dict[str, Any]:
     """Encode or decode every record once into the cache folder, for all three splits.
 
-    text_to_image: `latents.h5` (see trainflow.diffusion.latent_cache), VAE posteriors
+    text_to_image: `latents.h5` (see trainflow.data.cache.latent_cache), VAE posteriors
     and text embeddings, keyed by the dataset, the encoders and the storage dtype
-    (trainflow.diffusion.latent_cache_build). Supervised tasks: `supervised.h5` and its shards (see
-    trainflow.data.supervised_cache), decoded uint8 images/masks or feature tables,
+    (trainflow.data.cache.latent_cache_build). Supervised tasks: `supervised.h5` and its shards (see
+    trainflow.data.cache.supervised_cache), decoded uint8 images/masks or feature tables,
     keyed by the dataset and cache settings (reused and resumable under cache.cache_root).
     Inputs: the ingest_split Dataset folder, the `model` and `cache` config sections.
     Fails with MissingWeightsError when the base model cannot be found.

@@ -18,16 +18,16 @@ from torch.utils.data import DataLoader
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_json, atomic_write_text
-from trainflow.compare.checkpoint_models import LastCheckpoint, load_checkpoint_weights, read_last_checkpoint
-from trainflow.compare.paired import compare_arrays
-from trainflow.compare.record_outputs import (
+from trainflow.evaluation.checkpoint_models import LastCheckpoint, load_checkpoint_weights, read_last_checkpoint
+from trainflow.evaluation.paired import compare_arrays
+from trainflow.evaluation.record_outputs import (
     HEADLINE_METRICS, RecordOutputs, metric_function, save_record_outputs, test_record_ids,
 )
 from trainflow.config import EvaluateConfig, ModelConfig, TrainConfig, parse_section
-from trainflow.data.cache_attrs import read_cache_dataset_hash
+from trainflow.data.cache.attrs import read_cache_dataset_hash
 from trainflow.devices import pick_device
 from trainflow.errors import UserFacingError
-from trainflow.metrics.bootstrap import bootstrap_intervals
+from trainflow.evaluation.bootstrap import bootstrap_intervals
 from trainflow.training.run_training import TRAINING_RECORD
 
 TEST_SEED_OFFSET = 2_000_003
@@ -60,7 +60,7 @@ def evaluate(
     the model and evaluate sections, the run seed, the task.
     Outputs: `metrics` (numbers in metadata, everything as JSON in its file: intervals, per-class
     values, best-vs-last comparison, the last checkpoint's scores or why they are absent);
-    optional `predictions` (folder, see trainflow.compare.record_outputs), `report` (HTML),
+    optional `predictions` (folder, see trainflow.evaluation.record_outputs), `report` (HTML),
     `summary` (Markdown), `classification` (KFP ClassificationMetrics; classifiers only).
     Raises UserFacingError on an empty test split or a model folder not written by the train stage.
     """
@@ -159,7 +159,7 @@ def _write_views(scored, results, record, report, summary, predictions, classifi
 
 
 def _supervised_outputs(cache_dir, model_dir, cfg: EvaluateConfig, device, last: LastCheckpoint) -> RecordOutputs:
-    from trainflow.compare.record_outputs import supervised_test_outputs
+    from trainflow.evaluation.record_outputs import supervised_test_outputs
     from trainflow.tasks.supervised import load_supervised_model
 
     model, meta = load_supervised_model(model_dir)
@@ -180,7 +180,7 @@ def _text_to_image_outputs(cache_dir, model_dir, model_cfg, cfg, seed, record, d
     from diffusers import DDPMScheduler
 
     from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
-    from trainflow.diffusion.latent_cache import CachedLatents, read_cache_attrs
+    from trainflow.data.cache.latent_cache import CachedLatents, read_cache_attrs
     from trainflow.diffusion.model_loading import load_trained_parts, resolve_pipeline_folder
 
     test_set = CachedLatents(cache_dir, "test")
@@ -225,7 +225,7 @@ def _linear_baseline(cache_dir, metric_fn) -> dict[str, float]:
     """scikit-learn's LinearRegression fitted on the same train split, scored on the same test split."""
     from sklearn.linear_model import LinearRegression
 
-    from trainflow.data.supervised_cache import SupervisedCache
+    from trainflow.data.cache.supervised_cache import SupervisedCache
 
     train, test = SupervisedCache(cache_dir, "train"), SupervisedCache(cache_dir, "test")
     fitted = LinearRegression().fit(train.arrays["features"].double().numpy(), train.arrays["targets"].double().numpy())

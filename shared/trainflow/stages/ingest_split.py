@@ -15,16 +15,16 @@ from tqdm import tqdm
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_directory, atomic_write_json, atomic_write_text
 from trainflow.config import IngestConfig, check_task_fit, parse_section
-from trainflow.data.check_data import check_and_read
-from trainflow.data.hdf5_source import close_hdf5_files
+from trainflow.data.checks.check_data import check_and_read
+from trainflow.data.sources.hdf5 import close_hdf5_files
 from trainflow.data.kfold_split import FoldPlan, assign_folds
 from trainflow.data.manifest import DATASET_INFO, FOLDS_FILE, REJECTED_FILE, SPLITS
-from trainflow.data.image_decoding import ImageLimits
-from trainflow.data.quarantine import (
+from trainflow.data.checks.image_decoding import ImageLimits
+from trainflow.data.checks.quarantine import (
     RecordRejected, bad_fraction, bad_fraction_problem, printable, quarantine_markdown, rejected_jsonl, top_reasons,
 )
-from trainflow.data.record_validation import record_image, record_mask
-from trainflow.data.sources import IngestRecord, SourceData, image_limits
+from trainflow.data.checks.record_validation import record_image, record_mask
+from trainflow.data.sources.read_source import IngestRecord, SourceData, image_limits
 from trainflow.data.split import assign_splits, effective_kind
 from trainflow.errors import ConfigError, UserFacingError
 

@@ -7,8 +7,8 @@ from typing import Any
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_text
 from trainflow.config import RegisterConfig, parse_section
-from trainflow.mlflow_tracking import default_tracking_uri, ensure_experiment, flatten_params
-from trainflow.registration_gates import ChampionEvidence, failed_gates
+from trainflow.registry.tracking import default_tracking_uri, ensure_experiment, flatten_params
+from trainflow.registry.gates import ChampionEvidence, failed_gates
 
 
 def register_model(
@@ -27,7 +27,7 @@ def register_model(
     import mlflow
     from mlflow import MlflowClient
 
-    from trainflow.compare.champion import champion_evidence
+    from trainflow.registry.champion import champion_evidence
     from trainflow.report.registration_report import registration_markdown
 
     cfg: RegisterConfig = parse_section(RegisterConfig, config, "the register section")

@@ -16,7 +16,7 @@ from torch import nn
 
 from trainflow.config import LossConfig, ModelConfig
 from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig
-from trainflow.data.supervised_cache import SupervisedCache, read_supervised_attrs
+from trainflow.data.cache.supervised_cache import SupervisedCache, read_supervised_attrs
 from trainflow.models.model_folder import load_model_folder, save_model_folder
 from trainflow.models.zoo import build_model
 from trainflow.tasks.losses import classification_loss, regression_loss, segmentation_loss

@@ -22,7 +22,7 @@ from trainflow.config import DiffusionTrainingConfig
 from trainflow.diffusion.denoising_loss import (
     check_prediction_type, diffusion_target, fixed_noise_record_losses, per_record_loss,
 )
-from trainflow.diffusion.latent_cache import (
+from trainflow.data.cache.latent_cache import (
     CachedLatents, read_cache_attrs, read_uncond_embedding, read_uncond_input_ids, sample_latents,
 )
 from trainflow.diffusion.lora import LORA_WEIGHTS_FILE, add_lora, merged_unet_folder, save_lora_adapter

@@ -7,7 +7,7 @@ fill a whole step is dropped (every step has the same effective batch). The
 position inside an epoch is counted in records, so a resumed run continues from
 the next batch even if an out-of-memory retry changed the micro-batch size.
 
-One DataLoader serves every epoch (built by trainflow.data.loader_factory), so
+One DataLoader serves every epoch (built by trainflow.data.loading.loader_factory), so
 persistent workers keep their open files and caches; only its batch plan
 changes. A dataset that augments (`takes_sample_keys`) receives
 SampleKey(index, epoch, seed) instead of an index, so a record is augmented the
@@ -23,8 +23,8 @@ from typing import Callable
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from trainflow.config.data_loading import DataLoadingConfig
-from trainflow.data.loader_factory import PlannedBatches, loader_options, takes_sample_keys
-from trainflow.data.loader_monitor import MonitoredLoader
+from trainflow.data.loading.loader_factory import PlannedBatches, loader_options, takes_sample_keys
+from trainflow.data.loading.loader_monitor import MonitoredLoader
 from trainflow.errors import ConfigError
 from trainflow.training.distributed import ProcessInfo
 

@@ -34,7 +34,7 @@ class TrainRequest(Section):
 
 
 def read_dataset_hash(cache_dir: Path) -> str:
-    from trainflow.data.cache_attrs import read_cache_dataset_hash
+    from trainflow.data.cache.attrs import read_cache_dataset_hash
 
     return read_cache_dataset_hash(cache_dir)
 

@@ -1,0 +1,1 @@
+"""How training reads a cache: loading modes, transforms, collation, the DataLoader factory and its monitor."""

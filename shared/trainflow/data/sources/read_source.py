@@ -1,0 +1,147 @@
+"""Every input format behind one function: `read_source(ingest_config, task)` -> checked records + facts.
+
+Sources: an image folder (imagefolder + metadata.jsonl, or per-split folders with captions.json), a table
+(CSV / JSONL / Parquet: image paths or feature rows), an HDF5 file (image or feature datasets), and
+scikit-learn's bundled datasets. Each source turns its rows into CandidateRecords; every candidate then goes
+through the same checks (trainflow.data.checks.record_validation), duplicates by id and by content are removed, and
+class names are settled. A record that cannot be used is returned as a RejectedRecord with its reason; nothing
+a record holds may stop ingest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tqdm import tqdm
+
+from trainflow.config import IngestConfig
+from trainflow.data.checks.caption_tokens import CaptionTokenCounter, long_caption_warning, whitespace_counter
+from trainflow.data.sources.hdf5 import hdf5_candidates
+from trainflow.data.checks.image_decoding import ImageLimits
+from trainflow.data.checks.quarantine import DataWarning, RejectedRecord
+from trainflow.data.checks.record_validation import CandidateRecord, IngestRecord, RecordRules, validate_record
+from trainflow.data.sources.image_folder import folder_candidates
+from trainflow.data.sources.sklearn_bundled import sklearn_candidates
+from trainflow.data.sources.table import table_candidates
+
+__all__ = ["IngestRecord", "SourceData", "read_source", "image_limits"]
+
+
+@dataclasses.dataclass
+class SourceData:
+    records: list[IngestRecord]  # kept, sorted by id
+    rejected: list[RejectedRecord]
+    kind: str  # "image" or "table"
+    class_names: list[str] | None = None
+    target_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    warnings: list[DataWarning] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Candidates:
+    candidates: list[CandidateRecord]
+    rejected: list[RejectedRecord]
+    kind: str
+    root: Path | None = None
+    class_names: list[str] | None = None
+    labels_are_names: bool = False
+    target_names: list[str] | None = None
+    feature_names: list[str] | None = None
+
+
+def image_limits(cfg: IngestConfig) -> ImageLimits:
+    return ImageLimits(max_pixels=cfg.max_image_pixels, min_size=cfg.min_image_size)
+
+
+def _candidates(cfg: IngestConfig, task: str) -> _Candidates:
+    if cfg.sklearn_dataset:
+        bundled = sklearn_candidates(cfg.sklearn_dataset, task)
+        return _Candidates(bundled.candidates, [], bundled.kind, None, bundled.class_names, False,
+                           bundled.target_names, bundled.feature_names)
+    if cfg.table:
+        table = table_candidates(cfg)
+        return _Candidates(table.candidates, table.rejected, table.kind, table.root, table.class_names, True,
+                           cfg.target_columns, table.feature_names)
+    if cfg.hdf5:
+        stored = hdf5_candidates(cfg)
+        return _Candidates(stored.candidates, [], stored.kind, None, None, False, stored.target_names, stored.feature_names)
+    root, candidates, rejected = folder_candidates(cfg)
+    return _Candidates(candidates, rejected, "image", root, None, False, cfg.target_columns)
+
+
+def _rules(cfg: IngestConfig, task: str, found: _Candidates) -> RecordRules:
+    names = list(cfg.class_names) if cfg.class_names is not None else found.class_names
+    return RecordRules(
+        task=task, kind=found.kind, limits=image_limits(cfg), root=found.root,
+        class_names=tuple(names) if names is not None and task != "segmentation" else None,
+        mask_classes=len(names) if names is not None and task == "segmentation" else None,
+        labels_are_names=found.labels_are_names, label_column=cfg.label_column,
+        target_columns=tuple(found.target_names or ()), group_column=cfg.group_column,
+    )
+
+
+def drop_duplicates(records: list[IngestRecord], sources: dict[int, str]) -> tuple[list[IngestRecord], list[RejectedRecord]]:
+    """Records unique by id (first declared wins) and by content (first by id wins), sorted by id.
+
+    The same bytes under two names count once, so they cannot land in two splits. `sources` maps
+    id(record) -> where it was declared, for the rejection.
+    """
+    by_id: dict[str, IngestRecord] = {}
+    rejected = []
+    for record in records:
+        if record.record_id in by_id:
+            rejected.append(RejectedRecord(sources[id(record)], record.record_id, f"record id {record.record_id!r} is "
+                                           f"listed twice (also at {sources[id(by_id[record.record_id])]}); kept the first",
+                                           "duplicate_id"))
+        else:
+            by_id[record.record_id] = record
+    by_content: dict[str, IngestRecord] = {}
+    for record in sorted(by_id.values(), key=lambda r: r.record_id):
+        kept = by_content.setdefault(record.sha256, record)
+        if kept is not record:
+            rejected.append(RejectedRecord(sources[id(record)], record.record_id, f"same content as {kept.record_id!r} "
+                                           f"(sha256 {record.sha256[:12]}); kept that one", "duplicate_content"))
+    return sorted(by_content.values(), key=lambda r: r.record_id), rejected
+
+
+def _settled_class_names(cfg: IngestConfig, task: str, found: _Candidates, records: list[IngestRecord]) -> list[str] | None:
+    """Declared names, else the source's, else 0..K-1 from the largest label (or mask class id)."""
+    if cfg.class_names is not None:
+        return list(cfg.class_names)
+    if found.class_names is not None:
+        return found.class_names
+    if task == "segmentation":
+        largest = max((r.mask_max_class for r in records if r.mask_max_class is not None), default=None)
+    else:
+        largest = max((r.label for r in records if r.label is not None), default=None)
+    return [str(i) for i in range(largest + 1)] if largest is not None else None
+
+
+def read_source(cfg: IngestConfig, task: str, caption_counter: CaptionTokenCounter | None = None) -> SourceData:
+    """Read and check every record of the configured source.
+
+    Inputs: the ingest section, the task (which decides required fields), and how to count caption tokens
+    (default: the whitespace estimate against ingest.max_caption_tokens).
+    Output: kept records sorted by id, rejected records with reasons, the class/target/feature names, warnings.
+    Raises UserFacingError only for the source as a whole (missing folder/file/column), never for a record.
+    """
+    found = _candidates(cfg, task)
+    rules = _rules(cfg, task, found)
+    checked, rejected, sources = [], list(found.rejected), {}
+    for candidate in tqdm(found.candidates, desc="ingest: checking records", unit="rec", mininterval=2.0, disable=None):
+        outcome = validate_record(candidate, rules)
+        if isinstance(outcome, RejectedRecord):
+            rejected.append(outcome)
+        else:
+            checked.append(outcome)
+            sources[id(outcome)] = candidate.source
+    records, duplicates = drop_duplicates(checked, sources)
+    data = SourceData(records, rejected + duplicates, found.kind, _settled_class_names(cfg, task, found, records),
+                      found.target_names, found.feature_names)
+    if task == "text_to_image":
+        counter = caption_counter or whitespace_counter(cfg.max_caption_tokens)
+        if warning := long_caption_warning({r.record_id: r.caption for r in records if r.caption}, counter):
+            data.warnings.append(warning)
+    return data
