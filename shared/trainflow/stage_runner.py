@@ -9,6 +9,11 @@ future KFP retry filter) can tell a user error from a crash:
 - CANCELLED_EXIT_CODE (143 = 128 + SIGTERM): the pod was told to stop (run cancelled, node
   drained). SIGTERM is turned into SystemExit so `finally` blocks run: a launcher deletes its
   training job, atomic writers remove their temporary folders.
+- PREEMPTED_EXIT_CODE (the same 143): SIGTERM while the training engine runs. The engine takes
+  SIGTERM over from this module for its loop (trainflow.training.preemption): it finishes the
+  optimizer step, writes a checkpoint within train.preemption.grace_seconds, then exits 143. It is
+  retriable: a PyTorchJob's ExitCode policy restarts pods on 128-255, a KFP retry re-runs the
+  step, and either resumes from that checkpoint. (Under torchrun the pod's code is torchrun's own.)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from trainflow.errors import UserFacingError
 
 USER_ERROR_EXIT_CODE = 2
 CANCELLED_EXIT_CODE = 128 + signal.SIGTERM
+PREEMPTED_EXIT_CODE = CANCELLED_EXIT_CODE  # one "stopped by SIGTERM, retry me" code; see the docstring
 
 
 def _stop_on_sigterm(signum: int, _frame: Any) -> None:
