@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from typing import Any, Callable
 
 from trainflow.errors import UserFacingError
@@ -38,16 +39,28 @@ def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
     """Call `stage(**kwargs)`; on UserFacingError print `trainflow: <stage> failed: <message>` and exit 2.
 
     Returns what the stage returns. SIGTERM while it runs raises SystemExit(143) in the stage.
+    With TRAINFLOW_PUSHGATEWAY set, the stage's duration and outcome are pushed when it ends
+    (trainflow.stage_metrics; a Pushgateway outage is one warning line, never a failure).
     """
     try:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     except ValueError:  # not the main thread (e.g. a test calling a component's function): leave signals alone
         previous = None
+    started, outcome = time.monotonic(), "failed"
     try:
-        return stage(**kwargs)
+        result = stage(**kwargs)
+        outcome = "succeeded"
+        return result
     except UserFacingError as exc:
+        outcome = "user_error"
         print(f"trainflow: {stage.__name__} failed: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    except SystemExit as exc:
+        outcome = "cancelled" if exc.code == CANCELLED_EXIT_CODE else "failed"
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        from trainflow.stage_metrics import push_stage_outcome
+
+        push_stage_outcome(stage.__name__, time.monotonic() - started, outcome)
