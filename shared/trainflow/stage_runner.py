@@ -12,8 +12,9 @@ future KFP retry filter) can tell a user error from a crash:
 - PREEMPTED_EXIT_CODE (the same 143): SIGTERM while the training engine runs. The engine takes
   SIGTERM over from this module for its loop (trainflow.training.preemption): it finishes the
   optimizer step, writes a checkpoint within train.preemption.grace_seconds, then exits 143. It is
-  retriable: a PyTorchJob's ExitCode policy restarts pods on 128-255, a KFP retry re-runs the
-  step, and either resumes from that checkpoint. (Under torchrun the pod's code is torchrun's own.)
+  retriable: a KFP retry re-runs the step, a PyTorchJob's ExitCode policy restarts pods on
+  128-255, and either resumes from that checkpoint. Under torchrun the pod's own exit code is
+  torchrun's: it forwards SIGTERM to its workers, waits for them, and exits 1.
 """
 
 from __future__ import annotations

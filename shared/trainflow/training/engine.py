@@ -477,7 +477,8 @@ class Trainer:
 
     def close(self) -> None:
         """Stop serving metrics (they stay up after fit() so a scrape sees how training ended)."""
-        self.metrics.close()
+        if hasattr(self, "metrics"):  # setup() may have failed before starting them
+            self.metrics.close()
 
     def _outcome(self) -> TrainingOutcome:
         best = self.store.best()
