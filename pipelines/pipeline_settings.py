@@ -17,6 +17,11 @@ trainflow-datasets, trainflow-weights-cache), not KFP 2.17's pipeline workspace
    re-run could not resume training from it.
 The cost: checkpoints stay on the workspace under runs/<KFP run id>/ until `trainflow prune-runs` removes them.
 
+Metrics: with train.logging.prometheus_port set, the train task's pod gets the label and the port
+annotation that the PodMonitor in manifests/overlays/gpu selects (kfp-kubernetes has no way to
+declare a container port; see trainflow.kubeflow.metrics_endpoints). The port is fixed when the
+pipeline is compiled, like the platform section.
+
 Retries: KFP 2.17's retry policy has a count and a backoff but no exit-code filter, so a user
 error (exit code 2, see trainflow.stages.runner) in a retried task would be retried. Every
 pipeline therefore starts with `preflight`, a small CPU task without retries that checks the
@@ -49,6 +54,7 @@ class PodSettings:
     distributed_train: bool = False
     # beat_champion gates run the champion on the cache's test split, whose files may live on the volumes.
     register_needs_volumes: bool = False
+    metrics_port: int | None = None  # train.logging.prometheus_port
 
     @classmethod
     def for_config(cls, config: Any) -> "PodSettings":
@@ -56,7 +62,8 @@ class PodSettings:
         return cls(platform=config.platform, image=config.platform.image or TRAINFLOW_IMAGE,
                    train_logs_to_mlflow=config.train.logging.mlflow,
                    distributed_train=config.train.distributed is not None,
-                   register_needs_volumes=any(gate.beat_champion for gate in config.registration.gates))
+                   register_needs_volumes=any(gate.beat_champion for gate in config.registration.gates),
+                   metrics_port=config.train.logging.prometheus_port or None)
 
     def platform_argument(self) -> dict[str, Any]:
         """`platform=` for the preflight and train components: the section plus the image, or nothing locally."""
@@ -68,13 +75,15 @@ class PodSettings:
 
 
 def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: str, gpu: bool = False,
-          shm: bool = False, retries: int = 0, volumes: bool = True, mlflow: bool = False) -> dsl.PipelineTask:
+          shm: bool = False, retries: int = 0, volumes: bool = True, mlflow: bool = False,
+          training_metrics: bool = False) -> dsl.PipelineTask:
     """Resources and retries always; on a cluster also the image, volumes, environment, GPU node pool and Secret.
 
     gpu: one GPU, the platform's node selector and GPU tolerations. shm: a memory-backed /dev/shm
     for DataLoader workers. volumes: the workspace, dataset and weights-cache PVCs (with HF_HOME and
     TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI and the MLflow Secret's keys
-    as optional env vars (values never pass through the pipeline spec).
+    as optional env vars (values never pass through the pipeline spec). training_metrics: the
+    label and port annotation the PodMonitor scrapes, when settings.metrics_port is set.
     """
     task.set_cpu_request(cpu).set_memory_request(memory)
     if gpu:
@@ -102,6 +111,11 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
     if shm and platform.shm_size:
         kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
                                    size_limit=platform.shm_size)
+    if training_metrics and settings.metrics_port:
+        from trainflow.kubeflow.metrics_endpoints import METRICS_LABEL, METRICS_PORT_ANNOTATION
+
+        kubernetes.add_pod_label(task, METRICS_LABEL, "true")
+        kubernetes.add_pod_annotation(task, METRICS_PORT_ANNOTATION, str(settings.metrics_port))
     if gpu:
         for key, value in sorted(platform.node_selector.items()):
             kubernetes.add_node_selector(task, label_key=key, label_value=value)

@@ -75,7 +75,7 @@ def build_supervised_pipeline(settings: PodSettings):
             place(train_task, settings, cpu="1", memory="4G", retries=2, mlflow=settings.train_logs_to_mlflow)
         else:
             place(train_task, settings, cpu="8", memory="32G", gpu=True, shm=True, retries=2,
-                  mlflow=settings.train_logs_to_mlflow)
+                  mlflow=settings.train_logs_to_mlflow, training_metrics=True)
 
         evaluate_task = evaluate(cache=cache_task.outputs["cache"], model=train_task.outputs["model"],
                                  model_config=model_config, evaluate_config=evaluate_config, seed=seed, task=task)

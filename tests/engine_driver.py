@@ -12,6 +12,9 @@ Options:
                                  DIR/rank<r>.safetensors (its final weights)
     --separate-dirs-for-other-ranks   rank r > 0 gets CHECKPOINT_DIR-rank<r> (to show it writes nothing)
     --kill-during-checkpoint N   SIGKILL this process right after the first file of the N-th checkpoint
+    --pid-dir DIR                every rank writes its process id to DIR/rank<r>.pid before training
+                                 (to send one rank a signal); a rank stopped by SIGTERM writes
+                                 DIR/rank<r>-preempted.json with the step it stopped after
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from engine_tasks import WineTask  # noqa: E402
 from trainflow.config import TrainConfig  # noqa: E402
 from trainflow.training import checkpoints  # noqa: E402
 from trainflow.training.engine import Trainer  # noqa: E402
+from trainflow.training.preemption import TrainingPreempted  # noqa: E402
 from trainflow.training.run_identity import RunIdentity, trainable_state  # noqa: E402
 
 
@@ -68,7 +72,15 @@ def train_once(checkpoint_dir: Path, config: dict, args: argparse.Namespace, out
         checkpoint_dir = Path(f"{checkpoint_dir}-rank{rank}")
     identity = RunIdentity.build("classification", 0, {}, cfg.model_dump(mode="json"), "wine")
     trainer = Trainer(task, cfg, checkpoint_dir, 0, identity)
-    outcome = trainer.fit()
+    if args.pid_dir:
+        Path(args.pid_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.pid_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
+    try:
+        outcome = trainer.fit()
+    except TrainingPreempted as stop:
+        if args.pid_dir:
+            (Path(args.pid_dir) / f"rank{rank}-preempted.json").write_text(json.dumps({"step": stop.step}))
+        raise
     if args.rank_facts:
         from safetensors.torch import save_file
 
@@ -100,6 +112,7 @@ def main() -> None:
     parser.add_argument("--rank-facts")
     parser.add_argument("--separate-dirs-for-other-ranks", action="store_true")
     parser.add_argument("--kill-during-checkpoint", type=int)
+    parser.add_argument("--pid-dir")
     args = parser.parse_args()
     if args.kill_during_checkpoint:
         kill_during_checkpoint(args.kill_during_checkpoint)

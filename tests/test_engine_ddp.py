@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,34 @@ def test_train_worker_under_torchrun_trains_a_supervised_cache_and_rank_zero_exp
     exported = model.state_dict()
     for name, value in best.items():
         assert torch.equal(exported[name], value), f"{name} is not the best checkpoint's"
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_and_the_resumed_run_matches(two_ranks, tmp_path):
+    """Only rank 1 is signalled (as when one pod of a job is evicted first); the stop flag travels in the loss
+    all-reduce, so rank 0 stops after the same step, and rank 0's checkpoint holds both ranks' RNG states."""
+    folder, pids = tmp_path / "checkpoints", tmp_path / "pids"
+    args = [str(DRIVER), str(folder), json.dumps(CONFIG), "--task-options", json.dumps({"draw_random": True})]
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("PET_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+         *args, "--sleep-per-step", "0.1", "--pid-dir", str(pids)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_step_log(folder)) < 5 and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(int((pids / "rank1.pid").read_text()), signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode != 0, output  # torchrun reports its workers' exit code 143 as a failure
+    stops = [json.loads((pids / f"rank{rank}-preempted.json").read_text())["step"] for rank in (0, 1)]
+    assert stops[0] == stops[1], output
+    stopped = stops[0]
+    assert 5 <= stopped < 14, output
+    assert "train: SIGTERM received (rank 1)" in output and "SIGTERM received (rank 0)" not in output
+    assert f"train: stopped on SIGTERM after step {stopped}; checkpoint step-{stopped:09d} written" in output
+    assert max(p.name for p in folder.glob("step-*")) == f"step-{stopped:09d}"
+
+    done = torchrun(*args)
+    assert f"train: resuming from checkpoint step-{stopped:09d}" in done.stdout
+    resumed, uninterrupted = read_step_log(folder), read_step_log(two_ranks / "checkpoints")
+    assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in uninterrupted]

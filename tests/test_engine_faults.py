@@ -181,12 +181,8 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_the_
     assert [r["loss"] for r in resumed_log] == pytest.approx([r["loss"] for r in reference_log], rel=1e-6)
 
 
-@pytest.mark.parametrize(("damaged_file", "why"), [
-    ("model.safetensors", "does not match its checksum (truncated or damaged)"),
-    ("optimizer.safetensors", "does not match its checksum (truncated or damaged)"),
-    ("state.json", None),  # the checksums live in state.json: a cut one is unreadable JSON (the parser's words)
-])
-def test_a_truncated_file_in_the_newest_checkpoint_is_detected_and_the_previous_one_is_used(tmp_path, capsys, damaged_file, why):
+@pytest.mark.parametrize("damaged_file", ["model.safetensors", "optimizer.safetensors", "state.json"])
+def test_a_truncated_file_in_the_newest_checkpoint_is_detected_and_the_previous_one_is_used(tmp_path, capsys, damaged_file):
     settings = config(max_epochs=1)
     folder = tmp_path / "run"
     train(folder, WineTask(), settings)
@@ -202,8 +198,7 @@ def test_a_truncated_file_in_the_newest_checkpoint_is_detected_and_the_previous_
     warning = next(line for line in captured.err.splitlines() if line.startswith("train: warning: skipping checkpoint"))
     assert warning.startswith(f"train: warning: skipping checkpoint {names[-1]}: ")
     assert warning.endswith("; trying the previous one")
-    if why is not None:
-        assert f"{damaged} {why}" in warning
+    assert f": {damaged_file} does not match its checksum (truncated, edited or damaged)" in warning  # manifest.json's
     assert outcome.resumed_from == names[-2]
     assert f"train: resuming from checkpoint {names[-2]}" in captured.out
     assert outcome.steps_run == 15

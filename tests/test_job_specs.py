@@ -11,6 +11,7 @@ and review the diff before committing it.
 from __future__ import annotations
 
 import copy
+import re
 import os
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def gpu_spec(backend: str, **changes) -> DistributedTrainingSpec:
                  PvcMount("trainflow-weights", "/weights", read_only=True)],
         shm_size="16Gi", node_selector={"nvidia.com/gpu.present": "true"},
         tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
-        cpu_request="8", memory_request="64Gi", memory_limit="96Gi", active_deadline_seconds=86400)
+        cpu_request="8", memory_request="64Gi", memory_limit="96Gi", active_deadline_seconds=86400,
+        metrics_port=9464, grace_seconds=25.0)
     fields.update(changes)
     return DistributedTrainingSpec(**fields)
 
@@ -203,3 +205,43 @@ def test_torchrun_reads_the_topology_each_operator_sets(backend, monkeypatch):
                                                     int(OPERATOR_ENV[backend]["PET_MASTER_PORT"]))
     assert args.module and args.training_script == "trainflow"
     assert args.training_script_args == ["train-worker", "--request", REQUEST]
+
+
+def test_metrics_and_grace_reach_the_training_pods_of_both_kinds():
+    from trainflow.kubeflow.metrics_endpoints import METRICS_LABEL, METRICS_PORT_ANNOTATION
+
+    pytorchjob = build_job(gpu_spec("pytorchjob"), "trainflow-train-0123456789")
+    for replica in pytorchjob["spec"]["pytorchReplicaSpecs"].values():
+        template = replica["template"]
+        assert template["metadata"]["labels"] == {METRICS_LABEL: "true"}
+        (container,) = template["spec"]["containers"]
+        assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+            ("metrics", 9464), ("metrics-1", 9465), ("metrics-2", 9466), ("metrics-3", 9467)]  # one per local rank
+        assert template["spec"]["terminationGracePeriodSeconds"] == 35  # 25 s of grace + 10
+        assert {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": "30"} in container["env"]
+
+    trainjob = build_job(gpu_spec("trainjob"), "trainflow-train-0123456789")
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == {METRICS_LABEL: "true"}
+    assert pod["metadata"]["annotations"][METRICS_PORT_ANNOTATION] == "9464"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 35
+    assert {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": "30"} in trainjob["spec"]["trainer"]["env"]
+
+
+def test_without_metrics_or_grace_the_pods_get_neither():
+    body = build_job(gpu_spec("pytorchjob", metrics_port=None, grace_seconds=None), "trainflow-plain")
+    template = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    assert "labels" not in template["metadata"] and "ports" not in template["spec"]["containers"][0]
+    assert "terminationGracePeriodSeconds" not in template["spec"]
+    assert all(env["name"] != "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" for env in template["spec"]["containers"][0]["env"])
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("metrics_port", 65534, "train.logging.prometheus_port 65534 leaves no room for a port per process (4 per pod"),
+    ("metrics_port", 0, "train.logging.prometheus_port 0 leaves no room"),
+    ("grace_seconds", -1.0, "train.preemption.grace_seconds -1.0 must be a positive number."),
+])
+def test_bad_metrics_port_or_grace_is_one_config_error(field, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        gpu_spec("pytorchjob", **{field: value})

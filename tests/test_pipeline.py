@@ -195,6 +195,25 @@ def test_distributed_train_is_a_cpu_launcher_that_retries_and_logs_to_mlflow(sou
     assert {m["constant"] for m in executors["exec-train"]["pvcMount"]} >= {"trainflow-workspace"}
 
 
+@pytest.mark.parametrize("source", ["sd15-finetune.yaml", "digits-classifier.yaml"])
+def test_the_train_pod_is_labelled_for_the_podmonitor_when_metrics_are_on(source, tmp_path_factory):
+    from trainflow.kubeflow.metrics_endpoints import METRICS_LABEL, METRICS_PORT_ANNOTATION
+
+    payload = yaml.safe_load((REPO / "pipelines/configs" / source).read_text())
+    on = {**payload["train"], "logging": {**payload["train"].get("logging", {}), "prometheus_port": 9464}}
+    spec, executors, _ = compile_config(tmp_path_factory, source, train=on)
+    assert executors[_executor(spec, "train")]["podMetadata"] == {
+        "labels": {METRICS_LABEL: "true"}, "annotations": {METRICS_PORT_ANNOTATION: "9464"}}
+    for task in spec["root"]["dag"]["tasks"]:
+        if task != "train":
+            assert "podMetadata" not in executors.get(_executor(spec, task), {}), task
+    spec, executors, _ = compile_config(tmp_path_factory, source)  # off by default
+    assert "podMetadata" not in executors[_executor(spec, "train")]
+    launcher = {**on, "distributed": {"backend": "pytorchjob", "nodes": 2, "gpus_per_node": 8}}
+    spec, executors, _ = compile_config(tmp_path_factory, source, train=launcher, platform={"image": "reg.example/tf:1"})
+    assert "podMetadata" not in executors[_executor(spec, "train")], "the launcher pod trains nothing"
+
+
 def test_the_local_pipelines_carry_no_kubernetes_settings(tmp_path):
     from kfp import compiler
 

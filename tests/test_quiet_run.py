@@ -136,3 +136,14 @@ def test_a_failing_stage_prints_its_last_lines_and_one_error_and_verbose_shows_e
     code, out, err = run_cli(capsys, "run", "--config", str(config), "--state-dir", str(tmp_path / "state"), "--verbose")
     assert code == 2
     assert "Executing task" in out and "Streamed logs" in out and "has no column 'species'" in out
+
+
+def test_a_warning_line_in_a_stage_log_is_shown_even_when_quiet():
+    stages, shown = reporter()
+    stages.write(kfp_output("train", "SUCCESS", [
+        "train: step 1", "train: warning: skipping checkpoint step-000000006: state.json does not match its checksum "
+        "(truncated, edited or damaged); trying the previous one", "train: resuming from checkpoint step-000000004"]))
+    lines = shown.getvalue().splitlines()
+    assert lines[1] == ("  train: warning: skipping checkpoint step-000000006: state.json does not match its checksum "
+                        "(truncated, edited or damaged); trying the previous one")
+    assert not any("resuming" in line or "step 1" in line for line in lines)

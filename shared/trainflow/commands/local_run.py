@@ -66,6 +66,7 @@ _KFP_RECORD = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - ")  # kfp.local's o
 _EPOCH = re.compile(r"\(epoch ([\d.]+)/(\d+)\)")
 _STAGE_ERROR = re.compile(r"^trainflow: \S+ failed: (.*)$")  # trainflow.stages.runner's user-error line
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+_WARNING = re.compile(r"^[\w-]+: warning: ")  # e.g. "train: warning: skipping checkpoint ...": shown even when quiet
 
 
 def one_line_error(lines: list[str]) -> str:
@@ -123,6 +124,8 @@ class StageReporter(io.TextIOBase):
             if text.strip():
                 self._log.append(text)
                 self._advance(text)
+            if _WARNING.match(text):
+                self.console.print(f"  {text}", markup=False, highlight=False)
 
     def _start(self, stage: str) -> None:
         self._current, self._started_at = stage, time.monotonic()

@@ -91,6 +91,22 @@ class LoggingConfig(Section):
     mlflow: bool = Field(False, description="Log step metrics to MLflow (needs MLFLOW_TRACKING_URI or register.tracking_uri).")
     sample_images: int = Field(4, ge=0, description="Images generated at each validation into TensorBoard, by tasks that "
                                "generate images (text_to_image: the first val captions, fixed seed); 0 turns them off.")
+    # Off by default: a training process opens no network listener unless asked (laptops, shared CI machines,
+    # several local runs at once); a cluster config turns it on with one line, and the pods expose it.
+    prometheus_port: int | None = Field(None, ge=0, le=65535, description=(
+        "Serve Prometheus metrics (loss, learning rate, samples/s, data wait, validation, best value, early stops, "
+        "checkpoint seconds, GPU memory) on http://0.0.0.0:<port + local rank>/metrics; null or 0 turns it off; "
+        "9464 is a usual choice."))
+
+
+class PreemptionConfig(Section):
+    """What the engine does on SIGTERM (a pod evicted, a node drained, a spot instance reclaimed)."""
+
+    # Kubernetes waits terminationGracePeriodSeconds (30 s unless set) between SIGTERM and SIGKILL: 25 s leaves
+    # time for the process to exit. trainflow's training-job pods get grace_seconds + 10 s.
+    grace_seconds: float = Field(25.0, gt=0, le=3600, description=(
+        "After SIGTERM: finish the optimizer step, then write a checkpoint if the last checkpoint's write time fits "
+        "in what is left of this budget, and exit with code 143 (retriable)."))
 
 
 class EmaConfig(Section):
@@ -153,6 +169,7 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoints: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+    preemption: PreemptionConfig = PreemptionConfig()
     diffusion: DiffusionTrainingConfig = DiffusionTrainingConfig()
     loss: LossConfig = LossConfig()
     num_workers: WorkerCount = Field(0, description="DataLoader workers; auto: from free CPUs and memory.")

@@ -123,7 +123,10 @@ class DistributedTrainingSpec:
     ClusterTrainingRuntime), delete_on_exit, backoff_limit and ttl_seconds_after_finished
     (PyTorchJob only: a TrainJob's restarts are its runtime's JobSet failurePolicy),
     active_deadline_seconds, pod_annotations (Istio injection off by default: a sidecar keeps
-    finished pods alive and can block the rendezvous port), image_pull_policy (PyTorchJob only).
+    finished pods alive and can block the rendezvous port), image_pull_policy (PyTorchJob only),
+    metrics_port (train.logging.prometheus_port: the pods are labelled and expose it for the
+    PodMonitor, see trainflow.kubeflow.metrics_endpoints), grace_seconds (train.preemption.grace_seconds:
+    torchrun and the kubelet wait longer than it after SIGTERM, so the engine can write its checkpoint).
     Failure: ConfigError naming `distributed.<field>` for any invalid value.
     """
 
@@ -151,6 +154,8 @@ class DistributedTrainingSpec:
     active_deadline_seconds: int | None = None
     pod_annotations: Mapping[str, str] = field(default_factory=lambda: {"sidecar.istio.io/inject": "false"})
     image_pull_policy: str | None = None
+    metrics_port: int | None = None
+    grace_seconds: float | None = None
 
     def __post_init__(self) -> None:
         normalise = {
@@ -200,6 +205,12 @@ class DistributedTrainingSpec:
                               "Always, IfNotPresent, Never.")
         for name in ("shm_size", "cpu_request", "memory_request", "memory_limit"):
             _check_quantity(getattr(self, name), f"distributed.{name}")
+        if self.metrics_port is not None and not (
+                isinstance(self.metrics_port, int) and 1 <= self.metrics_port <= 65536 - self.procs_per_node):
+            raise ConfigError(f"train.logging.prometheus_port {self.metrics_port!r} leaves no room for a port per "
+                              f"process ({self.procs_per_node} per pod, ports up to 65535); pick a lower port.")
+        if self.grace_seconds is not None and not (isinstance(self.grace_seconds, (int, float)) and self.grace_seconds > 0):
+            raise ConfigError(f"train.preemption.grace_seconds {self.grace_seconds!r} must be a positive number.")
 
     def _check_env(self) -> None:
         names = list(self.env) + [entry.name for entry in self.secret_env]

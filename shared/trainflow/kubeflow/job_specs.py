@@ -13,6 +13,12 @@ about the pod (service account, node selector, tolerations, volumes, the contain
 annotations) goes in a `runtimePatches` entry owned by manager `trainflow/launcher`, patching the
 `node` replicated job of the referenced ClusterTrainingRuntime (torch-distributed by default).
 
+With train.logging.prometheus_port set, the pods carry the label the PodMonitor selects and either
+declare a container port per local rank (PyTorchJob) or name the port in an annotation (TrainJob;
+see trainflow.kubeflow.metrics_endpoints). With a grace budget, terminationGracePeriodSeconds is
+grace + 10 s and TORCH_ELASTIC_SHUTDOWN_TIMEOUT grace + 5 s: torchrun, which gets SIGTERM as the
+pod's first process, forwards it to its workers and would SIGKILL them after 30 s otherwise.
+
 Both are returned as plain dicts in the API's JSON shape, checked against their schema.
 """
 
@@ -20,12 +26,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import yaml
 from kubernetes import client as k8s
 
 from trainflow.kubeflow.distributed_spec import DistributedTrainingSpec
 from trainflow.kubeflow.job_kinds import PYTORCHJOB, TRAINJOB, job_kind
 from trainflow.kubeflow.job_schema import validate_custom_resource
+from trainflow.kubeflow.metrics_endpoints import METRICS_LABEL, METRICS_PORT_ANNOTATION, port_name
 
 PATCH_MANAGER = "trainflow/launcher"
 # The Training Operator puts no limit on pod restarts when backoffLimit is unset; an OOM loop
@@ -36,7 +45,10 @@ _SERIALIZER = k8s.ApiClient()
 
 
 def _env(spec: DistributedTrainingSpec) -> list[k8s.V1EnvVar]:
-    plain = [k8s.V1EnvVar(name=name, value=value) for name, value in spec.env.items()]
+    env = dict(spec.env)
+    if spec.grace_seconds is not None:
+        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(math.ceil(spec.grace_seconds) + 5))
+    plain = [k8s.V1EnvVar(name=name, value=value) for name, value in env.items()]
     from_secrets = [
         k8s.V1EnvVar(name=entry.name, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
             name=entry.secret_name, key=entry.key, optional=entry.optional or None)))
@@ -76,15 +88,29 @@ def _tolerations(spec: DistributedTrainingSpec) -> list[k8s.V1Toleration]:
     return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect) for t in spec.tolerations]
 
 
+def _termination_grace(spec: DistributedTrainingSpec) -> int | None:
+    return math.ceil(spec.grace_seconds) + 10 if spec.grace_seconds is not None else None
+
+
+def _metrics_ports(spec: DistributedTrainingSpec) -> list[k8s.V1ContainerPort] | None:
+    if spec.metrics_port is None:
+        return None
+    return [k8s.V1ContainerPort(name=port_name(rank), container_port=spec.metrics_port + rank, protocol="TCP")
+            for rank in range(spec.procs_per_node)]
+
+
 def _pod_template(spec: DistributedTrainingSpec) -> k8s.V1PodTemplateSpec:
     container = k8s.V1Container(
         name=PYTORCHJOB.rank0_container, image=spec.image, image_pull_policy=spec.image_pull_policy,
         command=list(spec.command), env=_env(spec) or None, resources=_resources(spec),
-        volume_mounts=_volume_mounts(spec) or None)
+        volume_mounts=_volume_mounts(spec) or None, ports=_metrics_ports(spec))
     pod = k8s.V1PodSpec(
         containers=[container], volumes=_volumes(spec) or None, service_account_name=spec.service_account,
-        node_selector=dict(spec.node_selector) or None, tolerations=_tolerations(spec) or None)
-    metadata = k8s.V1ObjectMeta(annotations=dict(spec.pod_annotations)) if spec.pod_annotations else None
+        node_selector=dict(spec.node_selector) or None, tolerations=_tolerations(spec) or None,
+        termination_grace_period_seconds=_termination_grace(spec))
+    labels = {METRICS_LABEL: "true"} if spec.metrics_port is not None else None
+    metadata = (k8s.V1ObjectMeta(annotations=dict(spec.pod_annotations) or None, labels=labels)
+                if spec.pod_annotations or labels else None)
     return k8s.V1PodTemplateSpec(metadata=metadata, spec=pod)
 
 
@@ -122,12 +148,19 @@ def _runtime_patch(spec: DistributedTrainingSpec) -> Any:
         node_selector=dict(spec.node_selector) or None,
         tolerations=[_trainer_model(m.IoK8sApiCoreV1Toleration, t) for t in _tolerations(spec)] or None,
         volumes=[_trainer_model(m.IoK8sApiCoreV1Volume, v) for v in _volumes(spec)] or None,
+        termination_grace_period_seconds=_termination_grace(spec),
         containers=[m.TrainerV1alpha1ContainerPatch(
             name=TRAINJOB.rank0_container,
             volume_mounts=[_trainer_model(m.IoK8sApiCoreV1VolumeMount, v) for v in _volume_mounts(spec)])]
         if spec.volumes or spec.shm_size else None)
-    pod_metadata = (m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(annotations=dict(spec.pod_annotations))
-                    if spec.pod_annotations else None)
+    # The runtime owns the container, so its ports cannot be patched: the annotation names the metrics port.
+    annotations = dict(spec.pod_annotations)
+    labels = None
+    if spec.metrics_port is not None:
+        annotations[METRICS_PORT_ANNOTATION] = str(spec.metrics_port)
+        labels = {METRICS_LABEL: "true"}
+    pod_metadata = (m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(annotations=annotations or None, labels=labels)
+                    if annotations or labels else None)
     node_job = m.TrainerV1alpha1ReplicatedJobPatch(
         name=TRAINJOB.rank0_container,
         template=m.TrainerV1alpha1JobTemplatePatch(spec=m.TrainerV1alpha1JobSpecPatch(

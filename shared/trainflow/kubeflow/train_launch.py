@@ -77,12 +77,14 @@ def _pod_namespace(configured: str | None) -> str:
 
 
 def distributed_spec(distributed: DistributedConfig, platform: PlatformConfig, *, image: str, request_path: Path,
-                     with_mlflow: bool, namespace: str | None = None) -> DistributedTrainingSpec:
+                     with_mlflow: bool, namespace: str | None = None, metrics_port: int | None = None,
+                     grace_seconds: float | None = None) -> DistributedTrainingSpec:
     """The training pods: the platform's volumes, environment, node pool and /dev/shm, the config's topology.
 
     Inputs: `train.distributed`, the platform section, the image the pipeline runs in, where the
-    TrainRequest lies on the workspace, whether training logs to MLflow, and the namespace (default:
-    distributed.namespace, else this pod's). Output: a checked DistributedTrainingSpec.
+    TrainRequest lies on the workspace, whether training logs to MLflow, the namespace (default:
+    distributed.namespace, else this pod's), train.logging.prometheus_port (0/None: no metrics) and
+    train.preemption.grace_seconds. Output: a checked DistributedTrainingSpec.
     Failure: ConfigError naming the field (via DistributedTrainingSpec) for an impossible combination.
     """
     volumes = [PvcMount(platform.workspace_pvc, platform.workspace_mount_path)]
@@ -103,7 +105,8 @@ def distributed_spec(distributed: DistributedConfig, platform: PlatformConfig, *
         cpu_request=distributed.cpu_request, memory_request=distributed.memory_request,
         memory_limit=distributed.memory_limit, gpu_resource=platform.gpu_resource,
         runtime_name=distributed.runtime_name, delete_on_exit=distributed.delete_on_exit,
-        backoff_limit=distributed.backoff_limit, active_deadline_seconds=distributed.active_deadline_seconds)
+        backoff_limit=distributed.backoff_limit, active_deadline_seconds=distributed.active_deadline_seconds,
+        metrics_port=metrics_port or None, grace_seconds=grace_seconds)
 
 
 def record_training_outcome(summary: dict[str, Any], model: ArtifactLike, metrics: ArtifactLike) -> None:
@@ -164,7 +167,8 @@ def _train_on_cluster(task: str, cache_dir: str, model_config: dict[str, Any], c
                           f"empty or put it under {platform.workspace_mount_path}.")
     request_path = folder / "train-request.json"
     spec = distributed_spec(cfg.distributed, platform, image=image, request_path=request_path,
-                            with_mlflow=cfg.logging.mlflow)
+                            with_mlflow=cfg.logging.mlflow, metrics_port=cfg.logging.prometheus_port,
+                            grace_seconds=cfg.preemption.grace_seconds)
     # The worker never needs the launcher's settings, and they must not enter the run identity.
     worker_config = {k: v for k, v in section_payload(cfg).items() if k != "distributed"}
     request = {"task": task, "cache_dir": str(_cache_on_workspace(Path(cache_dir), folder, platform)),

@@ -83,6 +83,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: ProcessInfo) -> torch.Tensor:
     return total
 
 
+def all_reduce_max(tensor: torch.Tensor, info: ProcessInfo) -> torch.Tensor:
+    """Element-wise maximum over ranks (a copy). Alone, the tensor itself."""
+    if not info.distributed:
+        return tensor
+    largest = tensor.clone()
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return largest
+
+
 def all_gather_bytes(payload: bytes, info: ProcessInfo, device: torch.device) -> list[bytes]:
     """Every rank's bytes, in rank order (tensors of padded bytes: nothing is pickled)."""
     if not info.distributed:

@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,12 @@ from trainflow.errors import ConfigError, UserFacingError
 from trainflow.metrics.metric_directions import is_lower_better
 from trainflow.training import distributed as dist_env
 from trainflow.training.batch_plan import EpochPlan, validation_loader
-from trainflow.training.checkpoints import CheckpointStore, optimizer_state_from_tensors, optimizer_state_to_tensors
+from trainflow.training.checkpoints import (CheckpointStore, LoadedCheckpoint, check_optimizer_fits, check_tensors_fit,
+                                            optimizer_state_from_tensors, optimizer_state_to_tensors)
 from trainflow.training.early_stopping import EarlyStopping
 from trainflow.training.optimizers import build_optimizer, parameter_groups
+from trainflow.training.preemption import PreemptionWatch, TrainingPreempted
+from trainflow.training.prometheus_metrics import TrainingMetrics
 from trainflow.training.rng_state import capture_rng_state, restore_rng_state
 from trainflow.training.run_identity import RunIdentity, load_trainable_state, trainable_state
 from trainflow.training.schedules import build_schedule, current_learning_rate, steps_on_validation
@@ -136,10 +140,13 @@ class Trainer:
         self.store = CheckpointStore(self.checkpoint_dir, self.lower_is_better, cfg.checkpoints.keep_top_k,
                                      cfg.checkpoints.total_limit)
         self.log = TrainingLog(cfg.logging, self.checkpoint_dir, self.tensorboard_dir, enabled=info.is_main)
+        self.preemption = PreemptionWatch(cfg.preemption, info)
+        self.checkpoint_seconds, self.checkpointed_step = 0.0, -1  # the last write's time; its step
         self.step, self.epoch, self.position = 0, 0, 0
         self.history: list[dict[str, float]] = []
         self.loss_since_validation = [0.0, 0]
         self.resumed_from: str | None = None
+        self.metrics = TrainingMetrics(cfg.logging.prometheus_port, info, self.device, monitor)
 
     def _resolve_accumulation(self) -> tuple[int, int]:
         cfg, world = self.cfg, self.info.world_size
@@ -163,8 +170,11 @@ class Trainer:
                       f"{self._effective_batch()} = micro-batch {self.micro_batch} × accumulation {self.accumulation} "
                       f"× world size {self.info.world_size}; precision {self.mixed_precision} on {self.device}")
         try:
-            while not self._finished():
-                self._run_epoch()
+            with self.preemption:  # SIGTERM: stop at the next step boundary (trainflow.training.preemption)
+                while not self._finished() and not self.preemption.stop_agreed:
+                    self._run_epoch()
+                if self.preemption.stop_agreed:
+                    self._stop_for_preemption()
         finally:
             self.log.close()
         dist_env.barrier(self.info)
@@ -176,12 +186,12 @@ class Trainer:
                         desc=f"train: epoch {self.epoch + 1}/{self._epochs_planned()}", mininterval=2.0,
                         disable=None if self.info.is_main else True)
         start_epoch = self.epoch
-        while self.epoch == start_epoch and not self._finished():
+        while self.epoch == start_epoch and not self._finished() and not self.preemption.stop_agreed:
             loader = self.plan.loader(self.epoch, self.position, self.micro_batch, self.cfg.num_workers,
                                       pin_memory=self.device.type == "cuda")
             batches = iter(loader)
             try:
-                while self.epoch == start_epoch and not self._finished():
+                while self.epoch == start_epoch and not self._finished() and not self.preemption.stop_agreed:
                     micro_batches = list(itertools.islice(batches, self.accumulation))
                     if not micro_batches:
                         break
@@ -222,7 +232,7 @@ class Trainer:
             self._shrink_micro_batch(rng_before)
         except _RetryWithSmallerBatch:
             self._shrink_micro_batch(rng_before)
-        mean_loss = dist_env.all_reduce_sum(loss_sum / count, self.info) / self.info.world_size
+        mean_loss = self.preemption.mean_loss(loss_sum / count)  # over ranks; also agrees on a SIGTERM stop
         loss_value = float(mean_loss.item())
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)  # the weights stay those of the last good step
@@ -272,6 +282,7 @@ class Trainer:
     def _after_step(self, record: dict[str, float]) -> None:
         if record.get("non_finite"):
             self.stopper.stop_for_non_finite_loss(self.step + 1, record["loss"])
+            self.metrics.stopped(self.stopper)
             self._say(f"train: {self.stopper.stop_reason}")
             return
         self.step += 1
@@ -280,7 +291,9 @@ class Trainer:
         if epoch_end:
             self.epoch, self.position = self.epoch + 1, 0
         self.loss_since_validation = [self.loss_since_validation[0] + record["loss"], self.loss_since_validation[1] + 1]
-        self.log.step({"step": self.step, "epoch": self.epoch + self.position / max(self._records_per_epoch(), 1), **record})
+        epoch = self.epoch + self.position / max(self._records_per_epoch(), 1)
+        self.log.step({"step": self.step, "epoch": epoch, **record})
+        self.metrics.step(self.step, epoch, record, self.stopper)
         every = self.cfg.validation.every_n_steps
         validate = bool(every and self.step % every == 0) or (epoch_end and self.cfg.validation.every_epoch)
         metrics = self._validate() if validate else None
@@ -326,6 +339,7 @@ class Trainer:
         epoch = self.epoch + self.position / max(self._records_per_epoch(), 1)
         self.history.append({"step": self.step, "epoch": round(epoch, 4), **metrics, "lr": current_learning_rate(self.optimizer)})
         self.log.validation(self.step, metrics)
+        self.metrics.validation(metrics, self.stopper)
         shown = "  ".join(f"{k} {v:.5g}" for k, v in metrics.items())
         self._say(f"train: step {self.step} (epoch {epoch:.2f}/{self._epochs_planned()})  {shown}"
                   f"  lr {current_learning_rate(self.optimizer):.2e}{'  * best' if improved else ''}")
@@ -346,6 +360,8 @@ class Trainer:
 
     # ================================================================ checkpoints
     def _save_checkpoint(self, metrics: dict[str, float] | None) -> None:
+        started = time.perf_counter()
+        self.checkpointed_step = self.step
         rng = dist_env.all_gather_bytes(capture_rng_state(), self.info, torch.device("cpu") if self.device.type == "cpu" else self.device)
         if not self.info.is_main:
             return
@@ -368,11 +384,32 @@ class Trainer:
         }
         metric = metrics.get(self.cfg.early_stopping.monitor) if metrics else None
         self.store.save(self.step, tensors, state, metric)
+        self.checkpoint_seconds = time.perf_counter() - started
+        self.metrics.checkpoint_written(self.checkpoint_seconds)
+
+    def _stop_for_preemption(self) -> None:
+        """After SIGTERM: a checkpoint of the step just done if the grace budget allows, then exit 143 (retriable)."""
+        written = self.checkpointed_step == self.step
+        if not written and self.stopper.stop_kind != "non_finite" and \
+                self.preemption.checkpoint_fits(self.checkpoint_seconds, self.device):
+            self._save_checkpoint(None)
+            written = True
+        self._say(self.preemption.stop_line(self.step, written, self.checkpoint_seconds))
+        raise TrainingPreempted(self.step)
 
     def _resume(self) -> bool:
-        checkpoint = self.store.load_newest()
+        checkpoint = self.store.resume_newest(self._restore, warn=self._warn)
         if checkpoint is None:
             return False
+        self.resumed_from = checkpoint.path.name
+        where = f"epoch {self.epoch + 1}, {self.position} records in" if self.position else f"start of epoch {self.epoch + 1}"
+        self._say(f"train: resuming from checkpoint {checkpoint.path.name} (step {self.step}, {where})"
+                  + (" — training had already finished" if checkpoint.state["finished"] else ""))
+        return True
+
+    def _restore(self, checkpoint: LoadedCheckpoint) -> None:
+        """Put a verified checkpoint's state into this run. Raises UserFacingError for another run's checkpoints;
+        anything else (a tensor that does not fit, a missing key) makes the store try the previous checkpoint."""
         state = checkpoint.state
         differences = self.identity.differences(state["identity"])
         if state["world_size"] != self.info.world_size:
@@ -382,6 +419,10 @@ class Trainer:
                 f"the checkpoints in {self.checkpoint_dir} belong to a different run: {'; '.join(differences)}. "
                 f"To start fresh, delete {self.checkpoint_dir} (or use `trainflow run --fresh` / another --state-dir)")
         model = self.accelerator.unwrap_model(self.model)
+        check_tensors_fit(checkpoint.tensors["model"], trainable_state(model), "model.safetensors")
+        check_optimizer_fits(checkpoint.tensors["optimizer"], state["optimizer"], self.optimizer)
+        if self.ema is not None:
+            check_tensors_fit(checkpoint.tensors["ema"], {str(i): p for i, p in enumerate(self.trainable)}, "ema.safetensors")
         load_trainable_state(model, checkpoint.tensors["model"])
         self.optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.tensors["optimizer"], state["optimizer"]))
         self.schedule.load_state_dict(state["schedule"])
@@ -392,16 +433,11 @@ class Trainer:
         if state["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.stopper.load_state_dict(state["early_stopping"])
-        self.step, self.epoch, self.position = checkpoint.state["step"], state["epoch"], state["position"]
+        restore_rng_state(bytes(checkpoint.tensors["rng"][f"rank{self.info.rank}"].numpy().tobytes()))
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.micro_batch, self.accumulation = state["micro_batch"], state["accumulation"]
         self.history, self.loss_since_validation = state["history"], state["loss_since_validation"]
         self.log.truncate_after(self.step)
-        restore_rng_state(bytes(checkpoint.tensors["rng"][f"rank{self.info.rank}"].numpy().tobytes()))
-        self.resumed_from = checkpoint.path.name
-        where = f"epoch {self.epoch + 1}, {self.position} records in" if self.position else f"start of epoch {self.epoch + 1}"
-        self._say(f"train: resuming from checkpoint {checkpoint.path.name} (step {self.step}, {where})"
-                  + (" — training had already finished" if state["finished"] else ""))
-        return True
 
     def load_best_into_model(self) -> torch.nn.Module:
         """The unwrapped model holding the best checkpoint's weights (EMA weights when EMA is on)."""
@@ -434,6 +470,15 @@ class Trainer:
     def _say(self, line: str) -> None:
         if self.info.is_main:
             print(line, flush=True)
+
+    def _warn(self, line: str) -> None:
+        if self.info.is_main:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Stop serving metrics (they stay up after fit() so a scrape sees how training ended)."""
+        if hasattr(self, "metrics"):  # setup() may have failed before starting them
+            self.metrics.close()
 
     def _outcome(self) -> TrainingOutcome:
         best = self.store.best()

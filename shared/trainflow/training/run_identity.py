@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 # Train settings that change speed or logging but not the numbers; a resume may change them.
-RUNTIME_ONLY_KEYS = ("num_workers", "device", "logging", "data_loading")
+RUNTIME_ONLY_KEYS = ("num_workers", "device", "logging", "data_loading", "preemption")
 
 
 @dataclasses.dataclass(frozen=True)

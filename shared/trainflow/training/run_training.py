@@ -55,18 +55,21 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
                                  read_dataset_hash(cache_dir))
     trainer = Trainer(task, cfg, Path(request.checkpoint_dir), request.seed, identity,
                       tensorboard_dir=Path(request.tensorboard_dir) if request.tensorboard_dir else None)
-    outcome = trainer.fit()
-    summary = training_summary(request.task, outcome, model_cfg)
-    if trainer.info.is_main:
-        with atomic_directory(request.output_dir) as staging:
-            trainer.export_best(staging)
-            atomic_write_json(staging / TRAINING_RECORD, {
-                **summary, "history": outcome.history, "train_config": section_payload(cfg),
-                "model_config": section_payload(model_cfg),
-                "best_checkpoint": str(outcome.best_checkpoint), "last_checkpoint": str(outcome.last_checkpoint),
-            })
-        print(f"train: {outcome.stop_reason}; best {outcome.monitor} {outcome.best_value:.5g} at step {outcome.best_step} "
-              f"(epoch {outcome.best_epoch})", flush=True)
+    try:
+        outcome = trainer.fit()
+        summary = training_summary(request.task, outcome, model_cfg)
+        if trainer.info.is_main:
+            with atomic_directory(request.output_dir) as staging:
+                trainer.export_best(staging)
+                atomic_write_json(staging / TRAINING_RECORD, {
+                    **summary, "history": outcome.history, "train_config": section_payload(cfg),
+                    "model_config": section_payload(model_cfg),
+                    "best_checkpoint": str(outcome.best_checkpoint), "last_checkpoint": str(outcome.last_checkpoint),
+                })
+            print(f"train: {outcome.stop_reason}; best {outcome.monitor} {outcome.best_value:.5g} at step "
+                  f"{outcome.best_step} (epoch {outcome.best_epoch})", flush=True)
+    finally:
+        trainer.close()  # Prometheus metrics are served until the model is exported
     return summary
 
 
