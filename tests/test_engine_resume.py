@@ -95,7 +95,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_it_finished_exits_143_and_the_re
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 143, output  # 128 + SIGTERM: retriable (trainflow.stage_runner)
+    assert process.returncode == 143, output  # 128 + SIGTERM: retriable (trainflow.stages.runner)
     stopped = read_step_log(tmp_path)[-1]["step"]
     assert signal_after <= stopped < len(uninterrupted), "the stop must land mid-run"
     assert "train: SIGTERM received (rank 0); stopping after this optimizer step" in output

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from trainflow.errors import UserFacingError
-from trainflow.stage_metrics import OUTCOMES, PUSHGATEWAY_ENV
-from trainflow.stage_runner import USER_ERROR_EXIT_CODE, run_stage
+from trainflow.stages.outcome_metrics import OUTCOMES, PUSHGATEWAY_ENV
+from trainflow.stages.runner import USER_ERROR_EXIT_CODE, run_stage
 
 
 class FakePushgateway(http.server.ThreadingHTTPServer):

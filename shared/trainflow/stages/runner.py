@@ -41,7 +41,7 @@ def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
 
     Returns what the stage returns. SIGTERM while it runs raises SystemExit(143) in the stage.
     With TRAINFLOW_PUSHGATEWAY set, the stage's duration and outcome are pushed when it ends
-    (trainflow.stage_metrics; a Pushgateway outage is one warning line, never a failure).
+    (trainflow.stages.outcome_metrics; a Pushgateway outage is one warning line, never a failure).
     """
     try:
         previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -62,6 +62,6 @@ def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        from trainflow.stage_metrics import push_stage_outcome
+        from trainflow.stages.outcome_metrics import push_stage_outcome
 
         push_stage_outcome(stage.__name__, time.monotonic() - started, outcome)

@@ -1,7 +1,7 @@
 """Push each stage's duration and outcome to a Prometheus Pushgateway, when one is configured.
 
 Short-lived stages (ingest, cache, evaluate, score, register) end before Prometheus could scrape
-them, so `trainflow.stage_runner.run_stage` pushes one group per stage when it returns or fails:
+them, so `trainflow.stages.runner.run_stage` pushes one group per stage when it returns or fails:
 
     TRAINFLOW_PUSHGATEWAY=http://pushgateway.monitoring:9091   (an environment variable; on a cluster
                                                                 set it with platform.env, which reaches
