@@ -1,0 +1,1 @@
+"""The CLI verbs' code; `trainflow.cli` only parses arguments and calls these."""
