@@ -296,9 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", metavar="PATH", help="also write the full comparison as JSON")
     compare.set_defaults(handler=_compare)
 
+    from trainflow.commands.cross_validate import add_cross_validate_parser
     from trainflow.commands.tune import add_tune_parser
 
     add_tune_parser(verbs)
+    add_cross_validate_parser(verbs)
     return parser
 
 
