@@ -21,6 +21,8 @@ def add_cross_validate_parser(verbs: Any) -> None:
     cv.add_argument("--fresh", action="store_true", help="delete this run's folds first instead of resuming")
     cv.add_argument("--json", metavar="PATH", help="also write the summary (and comparison) as JSON")
     cv.add_argument("--verbose", action="store_true", help="show every fold's training lines")
+    cv.add_argument("--compile", metavar="YAML", help="write the cluster pipeline (folds in a ParallelFor, "
+                    "cross_validation.workers at a time) to YAML instead of running here")
     cv.set_defaults(handler=run_cross_validate)
 
 
@@ -41,6 +43,15 @@ def run_cross_validate(args: argparse.Namespace) -> int:
     from trainflow.config import load_config
     from trainflow.experiments.cross_validation_run import compare_configurations, cross_validate_locally
 
+    if args.compile:
+        from pathlib import Path
+
+        from trainflow.submission.pipeline_package import compile_pipeline_package
+
+        written = compile_pipeline_package(load_config(args.config, check_local_paths=False), "cross-validation",
+                                           Path(args.compile))
+        print(f"trainflow: wrote {written} (cross-validation pipeline)")
+        return 0
     results = cross_validate_locally(load_config(args.config), args.state_dir, fresh=args.fresh, verbose=args.verbose)
     _print(results)
     output: dict[str, Any] = {"a": results}

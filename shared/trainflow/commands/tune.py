@@ -26,6 +26,8 @@ def add_tune_parser(verbs: Any) -> None:
     tune.add_argument("--report", metavar="DIR", help="write the HTML report and its PNG figures here (default: <study>/report)")
     tune.add_argument("--json", metavar="PATH", help="also write the study results (trial table, best, refit) as JSON")
     tune.add_argument("--verbose", action="store_true", help="show every trial's training lines")
+    tune.add_argument("--compile", metavar="YAML", help="write the cluster pipeline (tune.workers trial workers in a "
+                      "ParallelFor on the workspace PVC) to YAML instead of running here")
     tune.set_defaults(handler=run_tune)
 
 
@@ -51,6 +53,16 @@ def run_tune(args: argparse.Namespace) -> int:
     from trainflow.experiments.tuning_report import print_study_summary, write_tuning_report
     from trainflow.experiments.tuning_run import tune_locally
 
+    if args.compile:
+        from trainflow.config import load_config
+        from trainflow.submission.pipeline_package import compile_pipeline_package
+
+        config = load_config(args.config, check_local_paths=False)  # paths are the pods' paths
+        if config.tune is None:
+            raise UserFacingError(f"{args.config} has no tune section; add one naming the fields to search")
+        print(f"trainflow: wrote {compile_pipeline_package(config, 'tuning', Path(args.compile))} (tuning pipeline, "
+              f"{config.tune.workers} trial workers)")
+        return 0
     config = tuned_config(args.config, args.trials, args.workers)
     outcome = tune_locally(config, args.state_dir, fresh=args.fresh, verbose=args.verbose, refit=not args.no_refit)
     report_dir = Path(args.report) if args.report else Path(outcome.request.study_dir) / "report"
