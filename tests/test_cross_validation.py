@@ -73,3 +73,19 @@ def test_cross_validation_on_diabetes_trains_every_fold_and_its_aggregates_are_t
     test = compare_configurations(results, other)["r2"]
     assert test["df"] == 2 and 0.0 <= test["p_value"] <= 1.0
     assert test["mean_difference"] == pytest.approx(results["metrics"]["r2"]["mean"] - other["metrics"]["r2"]["mean"])
+
+
+def test_a_cross_validation_is_one_mlflow_parent_run_with_a_child_run_per_fold(tmp_path):
+    from mlflow import MlflowClient
+
+    from trainflow.experiments.mlflow_runs import log_cross_validation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folds = [{"repeat": 0, "fold": k, "n_train": 80, "n_held_out": 20, "metrics": {"r2": 0.4 + 0.1 * k}} for k in range(3)]
+    results = {"run_name": "cv", "folds": folds, "metrics": {"r2": fold_interval([0.4, 0.5, 0.6])}}
+    parent = log_cross_validation(uri, "experiments-test", results)
+    client = MlflowClient(tracking_uri=uri)
+    children = client.search_runs([client.get_experiment_by_name("experiments-test").experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(run.data.metrics["r2"] for run in children) == pytest.approx([0.4, 0.5, 0.6])
+    assert client.get_run(parent).data.metrics["r2_mean"] == pytest.approx(0.5)

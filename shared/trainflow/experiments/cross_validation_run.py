@@ -75,6 +75,11 @@ def cross_validate_locally(config: RunConfig, state_dir: str | Path = ".trainflo
     summary = LocalArtifact(str(root / "summary.json"))
     results = aggregate_folds(fold_dirs, payload, summary, LocalArtifact(str(root / "oof")))
     results["folder"] = str(root)
+    from trainflow.experiments.mlflow_runs import log_cross_validation
+    from trainflow.mlflow_tracking import default_tracking_uri
+
+    tracking_uri = config.registration.tracking_uri or default_tracking_uri(Path(state_dir).resolve())
+    results["mlflow_parent_run"] = log_cross_validation(tracking_uri, config.registration.experiment, results)
     atomic_write_json(root / "summary.json", results)
     return results
 

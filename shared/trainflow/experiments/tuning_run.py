@@ -196,6 +196,11 @@ def tune_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh:
     objectives = objective_directions(tune, config.train.early_stopping.monitor)
     results = study_results(study, objectives)
     atomic_write_json(Path(request.study_dir) / "results.json", results)
+    from trainflow.experiments.mlflow_runs import log_study
+    from trainflow.mlflow_tracking import default_tracking_uri
+
+    tracking_uri = config.registration.tracking_uri or default_tracking_uri(state)
+    results["mlflow_parent_run"] = log_study(tracking_uri, config.registration.experiment, results)
     refit_facts = None
     if refit and "best" in results:
         refit_facts = refit_and_register(config, request, results, state, verbose)
