@@ -147,7 +147,6 @@ class CrossValidationConfig(Section):
     repeats: int = Field(1, ge=1, le=20, description="Repeated k-fold: cut the same non-test records into folds this many times, seed + r.")
     workers: int = Field(1, ge=1, le=64, description="Folds trained at once (ParallelFor parallelism).")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the t-interval of each metric across folds.")
-    nested: bool = Field(False, description="Tune inside each outer fold (needs a tune section), scoring each fold's best configuration.")
 
 
 # ---------------------------------------------------------------- schema checks (called by RunConfig)
