@@ -295,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--device", default="auto", help="where to run the models (default: auto)")
     compare.add_argument("--json", metavar="PATH", help="also write the full comparison as JSON")
     compare.set_defaults(handler=_compare)
+
+    from trainflow.commands.cross_validate import add_cross_validate_parser
+    from trainflow.commands.tune import add_tune_parser
+
+    add_tune_parser(verbs)
+    add_cross_validate_parser(verbs)
     return parser
 
 

@@ -1,1 +1,1 @@
-"""The CLI verbs' code: `trainflow.cli` parses arguments and calls one function here per verb."""
+"""The CLI verbs' code: `trainflow.cli` only parses arguments and calls one function here per verb."""

@@ -14,9 +14,10 @@ from trainflow.config.ingest import IngestConfig
 from trainflow.config.model import ModelConfig
 from trainflow.config.platform import PlatformConfig
 from trainflow.config.registration import RegisterConfig
-from trainflow.config.schema_base import Section, looks_like_local_path, parse_section
+from trainflow.config.schema_base import Section, looks_like_local_path, parse_section, section_payload
 from trainflow.config.data_loading import TransformsConfig
 from trainflow.config.training import DiffusionTrainingConfig, LossConfig, TrainConfig
+from trainflow.config.tuning import CrossValidationConfig, TuneConfig, check_search_space
 from trainflow.errors import ConfigError
 
 TASKS = ("text_to_image", "classification", "regression", "segmentation")
@@ -46,10 +47,15 @@ class RunConfig(Section):
     registration: RegisterConfig = Field(alias="register")
     # How the compiled pipeline's pods are set up (volumes, secrets, node pools); local runs ignore it.
     platform: PlatformConfig = PlatformConfig()
+    # `trainflow tune` / `trainflow cross-validate` and their pipelines; a plain run ignores them.
+    tune: TuneConfig | None = None
+    cross_validation: CrossValidationConfig | None = None
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> "RunConfig":
         check_task_fit(self.task, self.ingest, self.model, self.train)
+        if self.tune is not None:
+            check_search_space(RunConfig, section_payload(self), self.tune, self.task, self.train.early_stopping.monitor)
         if self.task == "text_to_image" and any(gate.beat_champion for gate in self.registration.gates):
             raise ValueError("register.gates: beat_champion compares per-record predictions of supervised models; "
                              "for text_to_image use beat_base, min or max")

@@ -17,6 +17,8 @@ from trainflow.errors import UserFacingError
 PIPELINES: dict[str, tuple[str, str]] = {
     "text-to-image": ("pipelines.text_to_image", "text_to_image_pipeline"),
     "supervised": ("pipelines.supervised", "supervised_pipeline"),
+    "tuning": ("pipelines.tuning", "tuning_pipeline"),
+    "cross-validation": ("pipelines.cross_validation", "cross_validation_pipeline"),
 }
 
 

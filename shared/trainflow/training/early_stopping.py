@@ -1,4 +1,4 @@
-"""When to stop: patience, plateau, overfitting, divergence, a target reached, or a non-finite loss.
+"""When to stop: patience, plateau, overfitting, divergence, a target reached, a non-finite loss, or pruned.
 
 Works on any logged metric in min or max mode. `update` is called at each
 validation with the monitored value (and the mean training loss since the last
@@ -95,6 +95,10 @@ class EarlyStopping:
 
     def stop_for_non_finite_loss(self, step: int, loss: float) -> None:
         self._stop("non_finite", f"training loss became {loss} at step {step}; the last good checkpoint is kept untouched")
+
+    def stop_pruned(self, reason: str) -> None:
+        """Stop for a reason from outside the rules (a tuning trial's pruner, via the engine's validation hook)."""
+        self._stop("pruned", reason)
 
     @property
     def should_stop(self) -> bool:

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -70,6 +70,11 @@ class TrainingOutcome:
     resumed_from: str | None
 
 
+# Called after each finite validation with (step, epoch, metrics) on every rank (the metrics are the same on all);
+# a non-empty return is the reason to stop now (a tuning trial's pruner): stop kind `pruned`, checkpoint as usual.
+ValidationHook = Callable[[int, float, dict[str, float]], "str | None"]
+
+
 class _RetryWithSmallerBatch(Exception):
     """Raised inside a step after an out-of-memory error once the micro-batch has been halved."""
 
@@ -82,8 +87,10 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, task: Task, cfg: TrainConfig, checkpoint_dir: Path, seed: int, identity: RunIdentity,
-                 tensorboard_dir: Path | None = None, info: dist_env.ProcessInfo | None = None) -> None:
+                 tensorboard_dir: Path | None = None, info: dist_env.ProcessInfo | None = None,
+                 validation_hook: ValidationHook | None = None) -> None:
         self.task, self.cfg, self.seed, self.identity = task, cfg, seed, identity
+        self.validation_hook = validation_hook
         self.checkpoint_dir = Path(checkpoint_dir)
         self.tensorboard_dir = tensorboard_dir
         self.info = info or dist_env.process_info_from_env()
@@ -337,6 +344,9 @@ class Trainer:
         if steps_on_validation(self.schedule) and math.isfinite(value):
             self.schedule.step(value)
         epoch = self.epoch + self.position / max(self._records_per_epoch(), 1)
+        if self.validation_hook is not None and not self.stopper.should_stop:
+            if reason := self.validation_hook(self.step, round(epoch, 4), metrics):
+                self.stopper.stop_pruned(reason)
         self.history.append({"step": self.step, "epoch": round(epoch, 4), **metrics, "lr": current_learning_rate(self.optimizer)})
         self.log.validation(self.step, metrics)
         self.metrics.validation(metrics, self.stopper)

@@ -16,7 +16,7 @@ from trainflow.atomic_files import atomic_directory, atomic_write_json
 from trainflow.config import ModelConfig, TrainConfig, check_task_fit, parse_section, section_payload
 from trainflow.config.schema_base import Section
 from trainflow.errors import ConfigError
-from trainflow.training.engine import Trainer, TrainingOutcome
+from trainflow.training.engine import Trainer, TrainingOutcome, ValidationHook
 from trainflow.training.run_identity import RunIdentity
 
 TRAINING_RECORD = "trainflow_training.json"
@@ -39,8 +39,11 @@ def read_dataset_hash(cache_dir: Path) -> str:
     return read_cache_dataset_hash(cache_dir)
 
 
-def run_training(request: TrainRequest) -> dict[str, Any]:
-    """Train, export the best checkpoint to request.output_dir (rank 0), return the summary facts."""
+def run_training(request: TrainRequest, validation_hook: ValidationHook | None = None) -> dict[str, Any]:
+    """Train, export the best checkpoint to request.output_dir (rank 0), return the summary facts.
+
+    validation_hook: see `trainflow.training.engine.ValidationHook` (a tuning trial reports and is pruned there).
+    """
     from trainflow.tasks import build_task
 
     cfg: TrainConfig = parse_section(TrainConfig, request.train_config, "the train section")
@@ -54,7 +57,8 @@ def run_training(request: TrainRequest) -> dict[str, Any]:
     identity = RunIdentity.build(request.task, request.seed, section_payload(model_cfg), section_payload(cfg),
                                  read_dataset_hash(cache_dir))
     trainer = Trainer(task, cfg, Path(request.checkpoint_dir), request.seed, identity,
-                      tensorboard_dir=Path(request.tensorboard_dir) if request.tensorboard_dir else None)
+                      tensorboard_dir=Path(request.tensorboard_dir) if request.tensorboard_dir else None,
+                      validation_hook=validation_hook)
     try:
         outcome = trainer.fit()
         summary = training_summary(request.task, outcome, model_cfg)

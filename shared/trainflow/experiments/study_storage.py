@@ -1,0 +1,76 @@
+"""Where a study lives: Optuna's journal file on the workspace, or a database whose URL the environment holds.
+
+    <root>/tuning/<study name>/
+        journal.log            the study (kind journal): every ask, report and tell, appended under a file lock
+        study.json             what the workers share: the run config, the cache, the budget (trainflow writes it)
+        trials/<slot>/         one folder per trial slot: checkpoints/, model/, heartbeat.json, train.log
+        data/                  the split and cache every trial reads (local runs)
+
+A database URL (kind rdb) carries credentials, so it is never a parameter: it is read from the environment
+variable `tune.storage.url_env`, which a cluster pipeline fills from a Kubernetes Secret. Printed URLs are redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import optuna
+
+from trainflow.config.tuning import TuneConfig
+from trainflow.errors import ConfigError, UserFacingError
+
+JOURNAL_FILE = "journal.log"
+
+
+def study_folder(root: str | Path, study_name: str) -> Path:
+    return Path(root) / "tuning" / study_name
+
+
+def redacted_url(url: str) -> str:
+    """The URL with its password (and any query string, which may hold one) replaced by ***."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return re.sub(r"//[^/@]*@", "//***@", url.split("?", 1)[0])
+    shown = parsed.set(query={}) if parsed.query else parsed
+    return shown.render_as_string(hide_password=True)
+
+
+def storage_url(tune: TuneConfig) -> str:
+    """The database URL from the environment (kind rdb); ConfigError naming the variable when unset."""
+    name = tune.storage.url_env
+    url = os.environ.get(name, "").strip()
+    if not url:
+        where = (f"the Kubernetes Secret {tune.storage.secret!r} (key {tune.storage.secret_key!r})"
+                 if tune.storage.secret else "a Kubernetes Secret (tune.storage.secret) or your shell")
+        raise ConfigError(f"tune.storage: kind rdb reads the database URL from the environment variable {name}, "
+                          f"which is not set; set it from {where}, never in the config")
+    return url
+
+
+def describe_storage(tune: TuneConfig, folder: Path) -> str:
+    if tune.storage.kind == "journal":
+        return f"journal {folder / JOURNAL_FILE}"
+    return f"database {redacted_url(storage_url(tune))}"
+
+
+def open_storage(tune: TuneConfig, folder: Path) -> optuna.storages.BaseStorage:
+    """The study's storage; UserFacingError (URL redacted) when the database cannot be reached."""
+    if tune.storage.kind == "journal":
+        folder.mkdir(parents=True, exist_ok=True)
+        path = str(folder / JOURNAL_FILE)
+        # The open(O_EXCL) lock works on NFS-like workspaces, where symlink locks may not.
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+            path, lock_obj=optuna.storages.journal.JournalFileOpenLock(path)))
+    url = storage_url(tune)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # sqlalchemy/driver errors: one line, with the URL redacted
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserFacingError(f"cannot open the Optuna database {redacted_url(url)}: "
+                              f"{first_line.replace(url, redacted_url(url))}") from None
