@@ -133,8 +133,11 @@ def _mount_volumes(task: dsl.PipelineTask, platform: Any) -> None:
         kubernetes.mount_pvc(task, pvc_name=platform.weights_cache_pvc, mount_path=platform.weights_cache_mount_path)
 
 
-def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
-    """Map a validated RunConfig onto the pipeline's parameters (one dict per section)."""
+def stage_arguments(config, tracking_uri: str | None = None) -> dict:
+    """Map a validated RunConfig onto the parameters every stage pipeline shares (one dict per section).
+
+    Each pipeline module's `pipeline_arguments(config)` adds its own (the task, the score section).
+    """
     from trainflow.config import section_payload
 
     register = section_payload(config.registration)
@@ -151,8 +154,4 @@ def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
         "register_config": register,
         "params": section_payload(config),
     }
-    if config.task == "text_to_image":
-        arguments["score_config"] = section_payload(config.score)
-    else:
-        arguments["task"] = config.task
     return arguments

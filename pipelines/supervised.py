@@ -20,9 +20,11 @@ from components.ingest_split.component import ingest_split
 from components.preflight.component import preflight
 from components.register_model.component import register_model
 from components.train.component import train
-from pipelines.pipeline_settings import PodSettings, pipeline_arguments, place
+from pipelines.pipeline_settings import PodSettings, place, stage_arguments
 
 PIPELINE_NAME = "trainflow-supervised"
+# The stages a local run reports, in order (preflight is counted apart).
+STAGES = ("ingest_split", "build_cache", "train", "evaluate", "register_model")
 
 __all__ = ["PIPELINE_NAME", "SupervisedOutputs", "build_supervised_pipeline", "pipeline_arguments", "pipeline_for",
            "supervised_pipeline"]
@@ -98,6 +100,11 @@ def build_supervised_pipeline(settings: PodSettings):
         )
 
     return supervised_pipeline
+
+
+def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
+    """The pipeline's parameters from a validated RunConfig: the stages' sections plus the task's name."""
+    return {**stage_arguments(config, tracking_uri), "task": config.task}
 
 
 def pipeline_for(config):

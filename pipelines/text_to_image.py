@@ -24,10 +24,12 @@ from components.preflight.component import preflight
 from components.register_model.component import register_model
 from components.score_generation.component import score_generation
 from components.train.component import train
-from pipelines.pipeline_settings import PodSettings, pipeline_arguments, place
+from pipelines.pipeline_settings import PodSettings, place, stage_arguments
 
 PIPELINE_NAME = "trainflow-text-to-image"
 TASK = "text_to_image"
+# The stages a local run reports, in order (preflight is counted apart).
+STAGES = ("ingest_split", "build_cache", "train", "evaluate", "score_generation", "register_model")
 
 __all__ = ["PIPELINE_NAME", "PipelineOutputs", "build_text_to_image_pipeline", "pipeline_arguments", "pipeline_for",
            "text_to_image_pipeline"]
@@ -114,6 +116,13 @@ def build_text_to_image_pipeline(settings: PodSettings):
         )
 
     return text_to_image_pipeline
+
+
+def pipeline_arguments(config, tracking_uri: str | None = None) -> dict:
+    """The pipeline's parameters from a validated RunConfig: the stages' sections plus the score section."""
+    from trainflow.config import section_payload
+
+    return {**stage_arguments(config, tracking_uri), "score_config": section_payload(config.score)}
 
 
 def pipeline_for(config):

@@ -18,7 +18,7 @@ from components.register_model.component import register_model
 from components.train.component import train
 from components.tune_summary.component import tune_summary
 from components.tune_trials.component import tune_trials
-from pipelines.pipeline_settings import PodSettings, pipeline_arguments as stage_arguments, place
+from pipelines.pipeline_settings import PodSettings, place, stage_arguments
 
 PIPELINE_NAME = "trainflow-tuning"
 

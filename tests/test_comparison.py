@@ -12,9 +12,10 @@ import yaml
 from test_evaluation_report import run_evaluate, tiny_supervised_run
 from trainflow.artifacts import LocalArtifact
 from trainflow.evaluation.paired import compare_arrays
-from trainflow.evaluation.record_outputs import load_record_outputs, metric_function
+from trainflow.evaluation.record_outputs import load_record_outputs
+from trainflow.tasks import get_task
 from trainflow.models.model_folder import save_model_folder
-from trainflow.tasks.supervised import load_supervised_model
+from trainflow.models.model_folder import load_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def candidate_and_chance(tmp_path_factory):
     run = tiny_supervised_run(root, monkeypatch, scripted=[0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
     result, out = run_evaluate(run, root / "evaluated")
     assert result["accuracy"] > 0.8, "the candidate must be clearly better than chance for these tests to mean anything"
-    model, meta = load_supervised_model(run["model"].path)
+    model, meta = load_model_folder(run["model"].path)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()  # zero weights: equal logits, uniform probabilities, always the first class
@@ -46,7 +47,7 @@ def register(run, out, model_dir, tmp: Path, name: str, gates: list[dict], eval_
 def test_a_model_compared_with_itself_shows_no_difference(candidate_and_chance):
     _, _, out, _ = candidate_and_chance
     scored = load_record_outputs(out["predictions"].path)
-    result = compare_arrays(metric_function(scored.task, scored.names), scored.arrays("best"), scored.arrays("best"),
+    result = compare_arrays(get_task(scored.task).metric_function(scored.names), scored.arrays("best"), scored.arrays("best"),
                             "accuracy", n_resamples=200)
     assert result["difference"] == result["low"] == result["high"] == 0 and result["p_better"] == 0
     assert result["verdict"] == "no difference at 95% confidence (the interval contains 0)"

@@ -16,6 +16,13 @@ from trainflow.errors import ConfigError, UserFacingError
 from trainflow.stages.ingest_split import ingest_split
 
 
+def needs(task: str):
+    """What task `task` needs of a record (its definition in trainflow.tasks)."""
+    from trainflow.tasks import get_task
+
+    return get_task(task).record_needs
+
+
 def run_stage(tmp_path, config, task):
     dataset = LocalArtifact(str(tmp_path / "out" / "dataset"))
     summary = ingest_split(config, 0, dataset, LocalArtifact(str(tmp_path / "out" / "report.md")), task=task)
@@ -24,8 +31,7 @@ def run_stage(tmp_path, config, task):
 
 def test_imagefolder_with_label_and_numeric_target_columns(tmp_path):
     write_digit_imagefolder(tmp_path / "f", 8, extra=lambda i: {"size": i * 1.5, "ink": i})
-    data = read_source(IngestConfig(dataset_dir=str(tmp_path / "f"), label_column="label", target_columns=["size", "ink"]),
-                       "regression")
+    data = read_source(IngestConfig(dataset_dir=str(tmp_path / "f"), label_column="label", target_columns=["size", "ink"]), needs("regression"))
     assert [r.targets for r in data.records][:3] == [(0.0, 0.0), (1.5, 1.0), (3.0, 2.0)]
     assert data.target_names == ["size", "ink"] and data.kind == "image"
 
@@ -53,7 +59,7 @@ def test_split_folders_with_captions_json_as_a_list_with_labels(tmp_path):
             digit_image(index).save(root / split / "images" / f"{index}.png")
             items.append({"file_name": f"{index}.png", "text": f"digit {index}", "label": index % 3})
         (root / split / "captions.json").write_text(json.dumps(items))
-    data = read_source(IngestConfig(dataset_dir=str(root), label_column="label"), "text_to_image")
+    data = read_source(IngestConfig(dataset_dir=str(root), label_column="label"), needs("text_to_image"))
     assert [(r.record_id, r.layout_split, r.label) for r in data.records][:2] == [("test/images/10.png", "test", 1),
                                                                                    ("test/images/11.png", "test", 2)]
     assert len(data.records) == 12
@@ -84,7 +90,7 @@ def test_image_table_resolves_paths_against_its_folder(tmp_path, fmt):
     rows.append({"file_name": "../escape.png", "text": "x", "label": "cat", "score": 1.0})
     _write_table(root / f"rows.{fmt}", rows, fmt)
     cfg = IngestConfig(table=str(root / f"rows.{fmt}"), label_column="label", target_columns=["score"])
-    data = read_source(cfg, "classification")
+    data = read_source(cfg, needs("classification"))
     assert data.kind == "image" and data.class_names == ["cat", "dog"]
     assert [(r.record_id, r.label, r.caption, r.targets) for r in data.records][:2] == [
         ("pics/0.png", 0, "digit 0", (0.0,)), ("pics/1.png", 1, "digit 1", (0.5,))]
@@ -105,13 +111,13 @@ def test_feature_table_through_the_stage(tmp_path, fmt):
 
 def test_table_format_can_be_named_when_the_suffix_does_not_say(tmp_path):
     (tmp_path / "data.txt").write_text("x,label\n1,a\n2,b\n3,a\n")
-    data = read_source(IngestConfig(table=str(tmp_path / "data.txt"), table_format="csv", label_column="label"), "classification")
+    data = read_source(IngestConfig(table=str(tmp_path / "data.txt"), table_format="csv", label_column="label"), needs("classification"))
     assert [r.label for r in data.records] == [0, 1, 0]
 
 
 def test_numeric_class_names_sort_as_numbers(tmp_path):
     (tmp_path / "t.csv").write_text("x,label\n" + "".join(f"{i},{i % 12}\n" for i in range(24)))
-    data = read_source(IngestConfig(table=str(tmp_path / "t.csv"), label_column="label"), "classification")
+    data = read_source(IngestConfig(table=str(tmp_path / "t.csv"), label_column="label"), needs("classification"))
     assert data.class_names == [str(i) for i in range(12)]
     assert [r.label for r in data.records if r.features == (11.0,)] == [11]
 
@@ -138,7 +144,7 @@ def test_hdf5_rgb_images_with_masks(tmp_path):
     with h5py.File(path, "w") as handle:
         handle["images"] = np.stack([np.asarray(digit_image(i, size=16)) for i in range(5)])
         handle["masks"] = np.stack([np.full((16, 16), i % 3, np.uint8) for i in range(5)])
-    data = read_source(IngestConfig(hdf5=str(path), image_column="images", mask_column="masks"), "segmentation")
+    data = read_source(IngestConfig(hdf5=str(path), image_column="images", mask_column="masks"), needs("segmentation"))
     assert len(data.records) == 5 and data.class_names == ["0", "1", "2"]
 
 
@@ -149,7 +155,7 @@ def test_hdf5_features_and_targets_reject_non_finite_rows(tmp_path):
     with h5py.File(path, "w") as handle:
         handle["x"] = features
         handle["t"] = np.arange(10, dtype=np.float64) * 3
-    data = read_source(IngestConfig(hdf5=str(path), feature_columns=["x"], target_columns=["t"]), "regression")
+    data = read_source(IngestConfig(hdf5=str(path), feature_columns=["x"], target_columns=["t"]), needs("regression"))
     assert data.kind == "table" and data.feature_names == ["x_0", "x_1", "x_2"] and data.target_names == ["t"]
     assert len(data.records) == 9
     (bad,) = data.rejected
@@ -162,12 +168,12 @@ def test_hdf5_missing_or_misshapen_datasets_are_one_sentence(tmp_path):
         handle["images"] = np.zeros((4, 8, 8), np.uint8)
         handle["labels"] = np.zeros(3, np.int64)
     with pytest.raises(UserFacingError, match="has no dataset 'file_name'; set ingest.image_column"):
-        read_source(IngestConfig(hdf5=str(path)), "classification")
+        read_source(IngestConfig(hdf5=str(path)), needs("classification"))
     with pytest.raises(UserFacingError, match=r"dataset 'labels' .* has shape \(3,\); it needs 4 rows"):
-        read_source(IngestConfig(hdf5=str(path), image_column="images", label_column="labels"), "classification")
+        read_source(IngestConfig(hdf5=str(path), image_column="images", label_column="labels"), needs("classification"))
     (tmp_path / "not.h5").write_bytes(b"plain text")
     with pytest.raises(UserFacingError, match="is not a readable HDF5 file"):
-        read_source(IngestConfig(hdf5=str(tmp_path / "not.h5")), "classification")
+        read_source(IngestConfig(hdf5=str(tmp_path / "not.h5")), needs("classification"))
 
 
 @pytest.mark.parametrize("name, task, kept, kind", [
@@ -176,7 +182,7 @@ def test_hdf5_missing_or_misshapen_datasets_are_one_sentence(tmp_path):
     ("diabetes", "regression", 442, "table"),
 ])
 def test_sklearn_bundled_sets(name, task, kept, kind):
-    data = read_source(IngestConfig(sklearn_dataset=name), task)
+    data = read_source(IngestConfig(sklearn_dataset=name), needs(task))
     assert (len(data.records), data.kind) == (kept, kind)
     if name == "iris":  # iris holds one exact duplicate row; it counts once
         (duplicate,) = data.rejected
@@ -200,4 +206,4 @@ def test_config_errors_name_the_field(config, message):
 def test_missing_table_column_is_one_sentence(tmp_path):
     (tmp_path / "t.csv").write_text("x,y\n1,2\n")
     with pytest.raises(UserFacingError, match=r"has no column 'label'; its columns are x, y"):
-        read_source(IngestConfig(table=str(tmp_path / "t.csv"), label_column="label"), "classification")
+        read_source(IngestConfig(table=str(tmp_path / "t.csv"), label_column="label"), needs("classification"))

@@ -30,6 +30,13 @@ RULES = {  # every rule the brief names, with the corpus line that exercises it
 }
 
 
+def needs(task: str):
+    """What task `task` needs of a record (its definition in trainflow.tasks)."""
+    from trainflow.tasks import get_task
+
+    return get_task(task).record_needs
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return build_broken_imagefolder(tmp_path_factory.mktemp("broken") / "corpus")
@@ -37,7 +44,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checked(corpus):
-    return read_source(IngestConfig(dataset_dir=str(corpus.root), **CORPUS_CONFIG), "text_to_image")
+    return read_source(IngestConfig(dataset_dir=str(corpus.root), **CORPUS_CONFIG), needs("text_to_image"))
 
 
 def test_every_rule_has_a_broken_record(corpus):
@@ -111,8 +118,7 @@ def test_too_many_rejections_fail_the_stage_after_writing_the_report(tmp_path, c
 
 def test_segmentation_masks_of_the_wrong_size_mode_or_class_are_rejected(tmp_path):
     expected = build_broken_segmentation(tmp_path / "seg")
-    data = read_source(IngestConfig(dataset_dir=str(tmp_path / "seg"), mask_column="mask", class_names=["a", "b", "c"]),
-                       "segmentation")
+    data = read_source(IngestConfig(dataset_dir=str(tmp_path / "seg"), mask_column="mask", class_names=["a", "b", "c"]), needs("segmentation"))
     outcome = {r.ref: r.rule for r in data.rejected} | {r.record_id: GOOD for r in data.records}
     assert outcome == expected
 
@@ -192,7 +198,7 @@ def test_a_decompression_bomb_is_refused_before_any_pixel_is_decoded(tmp_path, m
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
     before = Image.MAX_IMAGE_PIXELS
     candidate = record_validation.CandidateRecord(source="t", ref="bomb.png", base_dir=tmp_path, image="bomb.png", label=1)
-    rules = record_validation.RecordRules(task="classification", kind="image", limits=ImageLimits(300 * 300, 8), root=tmp_path)
+    rules = record_validation.RecordRules(required=needs("classification").required, kind="image", limits=ImageLimits(300 * 300, 8), root=tmp_path)
     outcome = record_validation.validate_record(candidate, rules)
     assert outcome.rule == "image_too_many_pixels" and "90000" in outcome.reason
     assert decoded == [] and Image.MAX_IMAGE_PIXELS == before
@@ -208,7 +214,7 @@ def test_an_unforeseen_exception_in_a_check_becomes_that_records_rejection(tmp_p
 
     monkeypatch.setattr(record_validation, "decode_image_file", flaky)
     write_digit_imagefolder(tmp_path / "digits", 6)
-    data = read_source(IngestConfig(dataset_dir=str(tmp_path / "digits"), label_column="label"), "text_to_image")
+    data = read_source(IngestConfig(dataset_dir=str(tmp_path / "digits"), label_column="label"), needs("text_to_image"))
     (problem,) = data.rejected
     assert problem.ref == "images/digit-0003.png" and problem.rule == "unexpected_error"
     assert "KeyError" in problem.reason and "exif tag 274" in problem.reason
@@ -230,7 +236,7 @@ def test_no_value_in_any_field_can_raise_out_of_ingest(tmp_path, field):
     for task, class_names in (("text_to_image", DIGIT_CLASSES), ("classification", None), ("segmentation", None)):
         cfg = IngestConfig(dataset_dir=str(root), label_column="label", target_columns=["score"], mask_column="mask",
                            id_column="id", group_column="group", class_names=class_names)
-        data = read_source(cfg, task)
+        data = read_source(cfg, needs(task))
         assert len(data.records) + len(data.rejected) == len(ODD_VALUES)
         assert len(data.class_names or []) < 1000
 
@@ -238,8 +244,7 @@ def test_no_value_in_any_field_can_raise_out_of_ingest(tmp_path, field):
 def test_table_rows_with_bad_cells_are_rejected_by_row(tmp_path):
     table = tmp_path / "rows.csv"
     table.write_bytes(b"x1,x2,y,kind\n1,2,3,a\n4,5,6,b\n7,oops,9,a\n1,nan,2,b\n1,2\n3,4,5,zebra\n8,9,1\xff,a\n2,3,4,b\n")
-    data = read_source(IngestConfig(table=str(table), label_column="kind", target_columns=["y"], class_names=["a", "b"]),
-                       "regression")
+    data = read_source(IngestConfig(table=str(table), label_column="kind", target_columns=["y"], class_names=["a", "b"]), needs("regression"))
     rules = {r.source: r.rule for r in data.rejected}
     assert rules == {"rows.csv:4": "feature_not_number", "rows.csv:5": "feature_not_finite", "rows.csv:6": "table_row",
                      "rows.csv:7": "label_unknown_class", "rows.csv:8": "target_not_number"}

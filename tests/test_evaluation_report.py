@@ -20,7 +20,8 @@ from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate
 from trainflow.stages.ingest_split import ingest_split
 from trainflow.stages.train import train
-from trainflow.tasks.supervised import SupervisedTask, load_supervised_model
+from trainflow.models.model_folder import load_model_folder
+from trainflow.tasks.supervised import SupervisedTraining
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from report_screenshot import CHROMIUM, screenshot_html  # noqa: E402  (a developer tool, not the library)
@@ -46,9 +47,9 @@ def tiny_supervised_run(root: Path, monkeypatch, task: str = "classification", s
     epochs = len(scripted) if scripted else 1
     if scripted:
         values = iter(scripted)
-        real = SupervisedTask.finalize_validation
+        real = SupervisedTraining.finalize_validation
         key = monitor.removeprefix("val_")
-        monkeypatch.setattr(SupervisedTask, "finalize_validation", lambda self, totals: {**real(self, totals), key: next(values)})
+        monkeypatch.setattr(SupervisedTraining, "finalize_validation", lambda self, totals: {**real(self, totals), key: next(values)})
     train(task, art["cache"].path, model, {**TRAIN, "max_epochs": epochs, "early_stopping": {"monitor": monitor}}, 0,
           art["model"], art["train.json"], checkpoint_dir=str(root / "checkpoints"))
     monkeypatch.undo()
@@ -80,7 +81,7 @@ def test_evaluate_scores_best_and_last_checkpoint_and_reports_the_stop(iris_run)
     assert result["best_step"] == record["best_step"] < record["steps_run"] == result["last_step"]
     assert result["best_epoch"] == 2 and result["stop_reason"].startswith("reached train.max_epochs")
     # The last checkpoint's numbers come from its own weights: rebuild them by hand and compare.
-    model, meta = load_supervised_model(run["model"].path)
+    model, meta = load_model_folder(run["model"].path)
     model.load_state_dict(load_file(Path(record["last_checkpoint"]) / "model.safetensors"))
     scored = load_record_outputs(out["predictions"].path)
     with torch.no_grad():

@@ -237,7 +237,8 @@ def test_gates():
 
 @pytest.mark.slow
 def test_whole_pipeline_runs_locally_and_registers(local_runner, tmp_path, digits_dir, tiny_base_model, digits_classifier, capsys):
-    from trainflow.commands.local_run import print_summary, run_locally
+    from trainflow.commands.local_run import run_locally
+    from trainflow.commands.run_summary import print_summary
 
     payload = small_config(digits_dir, tiny_base_model, digits_classifier, tmp_path,
                            register={"gates": [{"metric": "fid", "max": 1.0e6}]})
@@ -249,7 +250,7 @@ def test_whole_pipeline_runs_locally_and_registers(local_runner, tmp_path, digit
     assert (Path(outputs["model"].path) / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert outputs["score_metrics"].metadata["fid"] > 0
     assert outputs["dataset"].metadata["num_records"] == 60
-    from trainflow.commands.local_run import run_summary
+    from trainflow.commands.run_summary import run_summary
 
     seconds = {stage["stage"]: stage["seconds"] for stage in run_summary(result)["stages"]}
     assert all(isinstance(value, float) and value > 0 for value in seconds.values()), seconds  # build_cache too

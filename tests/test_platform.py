@@ -15,7 +15,7 @@ from trainflow.artifacts import LocalArtifact
 from trainflow.config import parse_section
 from trainflow.config.platform import DistributedConfig, PlatformConfig
 from trainflow.errors import ConfigError, MissingWeightsError, UserFacingError
-from trainflow.kubeflow import train_launch
+from trainflow.stages import train as train_stage
 from trainflow.kubeflow.cluster_api import kubernetes_api_client
 from trainflow.kubeflow.distributed_spec import worker_command
 from trainflow.kubeflow.job_names import training_job_name
@@ -217,7 +217,7 @@ class DistributedRun:
         (Path(request["tensorboard_dir"]) / "events.out.tfevents.1").write_bytes(b"events")
 
     def train(self, fake: FakeKubernetesApi, **launcher_options):
-        return train_launch.train(
+        return train_stage.train(
             task="classification", cache_dir=str(self.cache), model_config={"architecture": "mlp"},
             config=self.train_config, seed=7, model=self.model, metrics=self.metrics, logs=self.logs,
             platform=self.platform, run_id=RUN_ID, task_name="train", api_client=kubernetes_api_client(host=fake.url),
@@ -285,13 +285,14 @@ def test_training_in_the_pod_keeps_checkpoints_on_the_workspace_per_run(tmp_path
     from trainflow.stages import train as train_stage
 
     received = {}
-    monkeypatch.setattr(train_stage, "train", lambda **kwargs: received.update(kwargs) or {"stop_reason": "done"})
+    monkeypatch.setattr(train_stage, "train_from_request",
+                        lambda request: received.update(request.model_dump()) or {"stop_reason": "done"})
     for run_id in (RUN_ID, "another-run"):
-        train_launch.train(task="classification", cache_dir="/c", model_config={}, config={"max_epochs": 1}, seed=0,
+        train_stage.train(task="classification", cache_dir="/c", model_config={}, config={"max_epochs": 1}, seed=0,
                            model=LocalArtifact(str(tmp_path / "m")), metrics=LocalArtifact(str(tmp_path / "x")),
                            platform=cluster_platform(tmp_path), run_id=run_id, task_name="train")
         assert received["checkpoint_dir"] == str(tmp_path / "workspace" / "runs" / run_id / "train" / "checkpoints")
     with pytest.raises(ConfigError, match="the KFP run id is '{{\\$.pipeline_job_uuid}}'"):
-        train_launch.train(task="classification", cache_dir="/c", model_config={}, config={}, seed=0,
+        train_stage.train(task="classification", cache_dir="/c", model_config={}, config={}, seed=0,
                            model=LocalArtifact(str(tmp_path / "m")), metrics=LocalArtifact(str(tmp_path / "x")),
                            platform=cluster_platform(tmp_path), run_id="{{$.pipeline_job_uuid}}", task_name="train")

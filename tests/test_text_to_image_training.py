@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
 from transformers import CLIPTextModel
@@ -427,13 +427,13 @@ def test_text_encoder_training_reaches_the_encoder_and_ships_it(tmp_path, tiny_b
 def vae_loads(monkeypatch) -> list[str]:
     """Every VAE the text-to-image task loads (to prove it loads one only when sample images are on)."""
     loads: list[str] = []
-    original = text_to_image.AutoencoderKL.from_pretrained
+    original = AutoencoderKL.from_pretrained
 
     def counting(folder, *args, **kwargs):
         loads.append(str(folder))
         return original(folder, *args, **kwargs)
 
-    monkeypatch.setattr(text_to_image.AutoencoderKL, "from_pretrained", counting)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", counting)
     return loads
 
 

@@ -26,7 +26,7 @@ def train(
     metrics: best monitored value, best step/epoch, steps run, stop reason.
     tensorboard: TensorBoard event files (loss, learning rate, gradient norm, throughput, memory).
     """
-    from trainflow.kubeflow.train_launch import train as stage
+    from trainflow.stages.train import train as stage
     from trainflow.stages.runner import run_stage
 
     run_stage(stage, task=task, cache_dir=cache.path, model_config=model_config, config=train_config, seed=seed,

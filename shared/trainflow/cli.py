@@ -1,186 +1,13 @@
-"""The `trainflow` command: run, compile, validate, check-data, train-worker, demo-assets, fid, submit, schedule, runs, compare."""
+"""The `trainflow` command's argument parser; each verb's code is a function in trainflow.commands."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
+from typing import Any, Callable
 
 from trainflow.errors import UserFacingError
-
-
-def _run(args: argparse.Namespace) -> int:
-    from trainflow.config import load_config
-    from trainflow.commands.local_run import print_summary, run_locally
-
-    config = load_config(args.config)
-    print(f"trainflow: running '{config.run_name}' ({config.task}) locally (state in {Path(args.state_dir).resolve()})",
-          flush=True)
-    try:
-        result = run_locally(config, args.state_dir, fresh=args.fresh, verbose=args.verbose)
-    except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is printed above
-        raise UserFacingError(f"{exc} See that stage's log above for its error.") from None
-    print_summary(result)
-    if args.summary_json:
-        from trainflow.commands.local_run import write_summary_json
-
-        write_summary_json(result, args.summary_json)
-    return 0
-
-
-def _compile(args: argparse.Namespace) -> int:
-    from trainflow.config import load_config
-    from trainflow.kubeflow.pipeline_package import compile_pipeline_package, default_pipeline
-
-    config = load_config(args.config, check_local_paths=False)  # paths are the pods' paths
-    pipeline = args.pipeline or default_pipeline(config)
-    output = compile_pipeline_package(config, pipeline, Path(args.output or f"build/{pipeline.replace('-', '_')}.yaml"))
-    print(f"trainflow: wrote {output} ({pipeline} pipeline, defaults from {args.config}); upload it in the Kubeflow UI, "
-          "or use `trainflow submit`")
-    return 0
-
-
-def _train_worker(args: argparse.Namespace) -> int:
-    import json
-
-    from trainflow.config import parse_section
-    from trainflow.training.distributed import destroy_process_group
-    from trainflow.training.run_training import TrainRequest, run_training
-
-    path = Path(args.request)
-    if not path.is_file():
-        raise UserFacingError(f"train request {path} does not exist; the launcher writes it on the shared workspace")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserFacingError(f"train request {path} is not valid JSON ({exc})") from None
-    try:
-        run_training(parse_section(TrainRequest, payload, str(path)))
-    finally:
-        destroy_process_group()
-    return 0
-
-
-def _validate(args: argparse.Namespace) -> int:
-    from trainflow.config import load_config
-
-    config = load_config(args.config, check_local_paths=not args.no_path_check)
-    print(f"trainflow: {args.config} is valid (run '{config.run_name}')")
-    return 0
-
-
-def _check_data(args: argparse.Namespace) -> int:
-    from trainflow.config import load_config
-    from trainflow.data.checks.check_data import check_data, check_lines, write_check_json
-
-    check = check_data(load_config(args.config, check_local_paths=False))  # a missing source is reported by the check
-    print("\n".join(check_lines(check)))
-    if args.json:
-        write_check_json(check, args.json)
-    return 1 if check.problem else 0
-
-
-def _demo_assets(args: argparse.Namespace) -> int:
-    from trainflow.demo.assets import prepare_demo_assets
-
-    prepare_demo_assets(args.root, force=args.force)
-    return 0
-
-
-def _weights_check(args: argparse.Namespace) -> int:
-    from trainflow.config import load_config
-    from trainflow.commands.weights import inventory_lines, weights_needed
-
-    lines, all_required = inventory_lines(weights_needed(load_config(args.config, check_local_paths=False)))
-    print("\n".join(lines))
-    return 0 if all_required else 1
-
-
-def _weights_fetch(args: argparse.Namespace) -> int:
-    from trainflow.config import load_config
-    from trainflow.commands.weights import fetch_weights, weights_needed
-
-    done, failed = fetch_weights(weights_needed(load_config(args.config, check_local_paths=False)), args.to)
-    print("\n".join(done + failed) or "nothing to fetch: this config names only local weight files")
-    return 1 if failed else 0
-
-
-def _fid(args: argparse.Namespace) -> int:
-    from trainflow.commands.fid import FidOptions, run_fid
-
-    return run_fid(FidOptions(
-        paths=args.path, dims=args.dims, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-        json_path=args.json, kid=args.kid, weights=args.weights, save_stats=args.save_stats, cache_dir=args.cache,
-    ))
-
-
-def _prune_runs(args: argparse.Namespace) -> int:
-    from trainflow.commands.prune_runs import prune_runs
-
-    prune_runs(args.runs_dir, args.keep_last, args.keep_days, dry_run=args.dry_run, verbose=args.verbose)
-    return 0
-
-
-def _kfp_target(args: argparse.Namespace):
-    from trainflow.kubeflow.kfp_connection import KfpTarget
-
-    return KfpTarget(host=args.host, namespace=args.namespace, token_env=args.token_env)
-
-
-def _submit(args: argparse.Namespace) -> int:
-    from trainflow.kubeflow.kfp_runs import submit_pipeline_run
-
-    started = submit_pipeline_run(
-        _kfp_target(args), args.config, pipeline=args.pipeline, experiment=args.experiment,
-        run_name=args.run_name, service_account=args.service_account,
-    )
-    uploaded = "new version" if started.version.newly_uploaded else "existing version"
-    print(f"trainflow: started run '{started.run_name}' of {started.version.version_name} ({uploaded}): {started.url}")
-    return 0
-
-
-def _schedule(args: argparse.Namespace) -> int:
-    from trainflow.kubeflow.kfp_runs import schedule_pipeline
-
-    target = _kfp_target(args)
-    outcome = schedule_pipeline(
-        target, args.config, args.cron, name=args.name, experiment=args.experiment, pipeline=args.pipeline,
-        replace=args.replace, service_account=args.service_account,
-    )
-    url = target.recurring_run_url(outcome.recurring_run_id)
-    if not outcome.created:
-        print(f"trainflow: recurring run '{outcome.name}' already exists, left unchanged (pass --replace to replace it): {url}")
-    else:
-        replaced = f", replacing {len(outcome.replaced_ids)} older one(s)" if outcome.replaced_ids else ""
-        print(f"trainflow: scheduled '{outcome.name}' of {outcome.version.version_name}{replaced}: {url}")
-    return 0
-
-
-def _runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from trainflow.kubeflow.kfp_runs import recent_runs, runs_table
-
-    rows = recent_runs(_kfp_target(args), experiment=args.experiment, limit=args.limit)
-    if not rows:
-        print("trainflow: no runs found")
-        return 0
-    console = Console()
-    if not console.is_terminal:
-        console.width = 200  # piped output: one line per run rather than folded at 80 columns
-    console.print(runs_table(rows))
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from trainflow.commands.compare import compare_models, comparison_lines, write_comparison_json
-
-    result = compare_models(args.config, args.a, args.b, cache_dir=args.cache, metrics=args.metric,
-                            resamples=args.resamples, confidence=args.confidence, device=args.device)
-    print("\n".join(comparison_lines(result)))
-    if args.json:
-        write_comparison_json(result, args.json)
-    return 0
 
 
 def _add_kfp_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,42 +33,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true", help="delete this run's checkpoints first instead of resuming from them")
     run.add_argument("--summary-json", metavar="PATH", help="also write the summary (stages, metrics, best epoch, stop reason, registration) as JSON")
     run.add_argument("--verbose", action="store_true", help="show every stage's full log and kfp.local's executor records (default: one line per stage, and a failed stage's last lines)")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler="trainflow.commands.local_run:run_command")
 
     comp = verbs.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster", description="Compile the pipeline to KFP v2 YAML with a run config baked in as parameter defaults.")
     comp.add_argument("--config", required=True, help="run YAML whose sections become the parameter defaults")
     comp.add_argument("--pipeline", choices=["text-to-image", "supervised"], help="default: the one the config's task implies")
     comp.add_argument("--output", help="YAML file to write (default: build/<pipeline>.yaml)")
-    comp.set_defaults(handler=_compile)
+    comp.set_defaults(handler="trainflow.commands.compile_pipeline:compile_command")
 
     worker = verbs.add_parser("train-worker", help="train from a request file (what each PyTorchJob/TrainJob process runs)", description="Run the training engine from a JSON train request (task, cache_dir, model_config, train_config, seed, checkpoint_dir, output_dir). Runs alone or under torchrun: `torchrun -m trainflow train-worker --request R` on every node; rank 0 writes checkpoints and the model folder.")
     worker.add_argument("--request", required=True, help="train request JSON on the shared workspace")
-    worker.set_defaults(handler=_train_worker)
+    worker.set_defaults(handler="trainflow.commands.train_worker:train_worker_command")
 
     val = verbs.add_parser("validate", help="check a run YAML against the schema", description="Validate a run YAML; errors name the field.")
     val.add_argument("--config", required=True, help="run YAML to check")
     val.add_argument("--no-path-check", action="store_true", help="do not require local paths to exist (cluster configs)")
-    val.set_defaults(handler=_validate)
+    val.set_defaults(handler="trainflow.commands.validate_config:validate_command")
 
     check = verbs.add_parser("check-data", help="check every record of the config's data source, without training", description="Run ingest's record checks alone (nothing is written but --json): print kept/rejected counts and the top reasons. Exit 0 when the rejected share is within ingest.max_bad_fraction, 1 when above it, 2 on a usage or config error.")
     check.add_argument("--config", required=True, help="run YAML whose ingest section names the data")
     check.add_argument("--json", metavar="PATH", help='also write {"kept": [ids], "rejected": [{"ref", "source", "reason"}]} to PATH')
-    check.set_defaults(handler=_check_data)
+    check.set_defaults(handler="trainflow.commands.check_data:check_data_command")
 
     demo = verbs.add_parser("demo-assets", help="build the demo's dataset, base model and classifier (offline, cached)", description="Build the digits dataset, the tiny SD base model and the digits classifier; reused when already built.")
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
-    demo.set_defaults(handler=_demo_assets)
+    demo.set_defaults(handler="trainflow.commands.demo_assets:demo_assets_command")
 
     weights = verbs.add_parser("weights", help="list or fetch every weight file a config needs (for air-gapped clusters)", description="check: list each weight file the config's base model and metrics need, present or missing, with the path it is expected at (HF_HOME / TORCH_HOME layout); exit 0 when every required one is present, 1 when not. fetch: download them, where a hub is reachable, into a folder laid out as HF_HOME and TORCH_HOME, to copy into the cluster's weights cache.")
     weights_verbs = weights.add_subparsers(dest="weights_verb", required=True)
     weights_check = weights_verbs.add_parser("check", help="list needed weights: present, missing, expected path", description="List every weight file the config needs with present/missing and its expected path; exit 1 when a required one is missing.")
     weights_check.add_argument("--config", required=True, help="run YAML")
-    weights_check.set_defaults(handler=_weights_check)
+    weights_check.set_defaults(handler="trainflow.commands.weights:weights_check_command")
     weights_fetch = weights_verbs.add_parser("fetch", help="download needed weights into DIR (HF_HOME + TORCH_HOME layout)", description="Download every hub model and torch.hub file the config needs into DIR: hub models as DIR/hub/models--org--name (HF_HOME), torch files as DIR/hub/checkpoints/<file> (TORCH_HOME). Exit 1 when any download failed, one line per file.")
     weights_fetch.add_argument("--config", required=True, help="run YAML")
     weights_fetch.add_argument("--to", required=True, metavar="DIR", help="folder to fill; copy it into the weights-cache volume")
-    weights_fetch.set_defaults(handler=_weights_fetch)
+    weights_fetch.set_defaults(handler="trainflow.commands.weights:weights_fetch_command")
 
     fid = verbs.add_parser("fid", help="FID (and KID) between two image folders or .npz statistics; a drop-in for python -m pytorch_fid", description="Compute the FID between two image folders (images directly inside, as pytorch-fid reads them) or pytorch-fid .npz statistics files, with pytorch-fid's InceptionV3 and a Frechet distance that stays finite for singular covariances. Prints 'FID:  <value>' like pytorch-fid. Weights: $TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth or --weights.")
     fid.add_argument("path", nargs="+", metavar="DIR_OR_NPZ", help="two inputs to compare; one is enough with --save-stats")
@@ -254,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--weights", metavar="FILE", help="FID InceptionV3 weights file (default: the TORCH_HOME file above)")
     fid.add_argument("--save-stats", metavar="PATH", help="write the first input's statistics to PATH (.npz, pytorch-fid's format)")
     fid.add_argument("--cache", metavar="DIR", help="keep each folder's statistics (features with --kid) in DIR, keyed by the weights' digest and the folder's content; an unchanged folder is then read from there")
-    fid.set_defaults(handler=_fid)
+    fid.set_defaults(handler="trainflow.commands.fid:fid_command")
 
     prune = verbs.add_parser("prune-runs", help="remove old run folders (checkpoints, caches, TensorBoard) from the workspace", description="Remove run folders under the workspace's runs folder (<workspace>/runs/<KFP run id>/), keeping the newest --keep-last runs and every run written to in the last --keep-days days. A run's age is the newest change inside it, so a running one is kept. Registered models are in MLflow, not here. Folders that are not trainflow runs are left alone.")
     prune.add_argument("runs_dir", metavar="RUNS_DIR", help="the workspace's runs folder, e.g. /workspace/runs")
@@ -262,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep-days", type=float, default=14, help="keep every run written to in this many days (default: 14)")
     prune.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     prune.add_argument("--verbose", action="store_true", help="also list the kept and the ignored folders")
-    prune.set_defaults(handler=_prune_runs)
+    prune.set_defaults(handler="trainflow.commands.prune_runs:prune_runs_command")
 
     submit = verbs.add_parser("submit", help="upload the pipeline to Kubeflow and start a run", description="Compile the pipeline with the config baked in, upload it as a pipeline version named by its content hash (an unchanged package reuses its version), and start a run; prints the run's URL.")
     _add_kfp_arguments(submit)
     _add_pipeline_arguments(submit)
     submit.add_argument("--run-name", default=None, help="run name (default: <run_name>-<UTC time>)")
-    submit.set_defaults(handler=_submit)
+    submit.set_defaults(handler="trainflow.commands.kfp_server:submit_command")
 
     schedule = verbs.add_parser("schedule", help="create a recurring run on Kubeflow (cron)", description="Create a recurring run of the pipeline: at most one run at a time, no catch-up of missed times, enabled. Ingest caching is off in the pipeline, so every scheduled run reads the dataset folder anew; with the stable hash split, records already seen keep their split as new data arrives.")
     _add_kfp_arguments(schedule)
@@ -276,13 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--cron", required=True, help="KFP cron expression with 6 fields, seconds first: '0 0 3 * * *' is 03:00 every day")
     schedule.add_argument("--name", default=None, help="recurring run name (default: <run_name>-schedule); an existing one with this name is left alone")
     schedule.add_argument("--replace", action="store_true", help="replace existing recurring runs with this name (the new one is created first)")
-    schedule.set_defaults(handler=_schedule)
+    schedule.set_defaults(handler="trainflow.commands.kfp_server:schedule_command")
 
     runs = verbs.add_parser("runs", help="list recent runs on Kubeflow with their status", description="List the most recent runs, newest first: status, created time (UTC), name and run id.")
     _add_kfp_arguments(runs)
     runs.add_argument("--experiment", default=None, help="only runs of this experiment")
     runs.add_argument("--limit", type=int, default=20, help="how many runs (1-200, default 20)")
-    runs.set_defaults(handler=_runs)
+    runs.set_defaults(handler="trainflow.commands.kfp_server:runs_command")
 
     compare = verbs.add_parser("compare", help="compare two supervised models on the config's test split (paired bootstrap)", description="Run models A and B on the same test records of the config's split and print, per metric, the difference A − B with its paired-bootstrap interval and P(A better). The test split comes from --cache (a build_cache output, e.g. the pipeline run's) or, without it, is rebuilt by running the config's ingest and cache stages into a temporary folder (seeded: the same data and config give the same test records).")
     compare.add_argument("--config", required=True, help="run YAML (classification, regression or segmentation)")
@@ -294,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default: 0.95)")
     compare.add_argument("--device", default="auto", help="where to run the models (default: auto)")
     compare.add_argument("--json", metavar="PATH", help="also write the full comparison as JSON")
-    compare.set_defaults(handler=_compare)
+    compare.set_defaults(handler="trainflow.commands.compare:compare_command")
 
     from trainflow.commands.cross_validate import add_cross_validate_parser
     from trainflow.commands.tune import add_tune_parser
@@ -304,10 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_handler(handler: Any) -> Callable[[argparse.Namespace], int]:
+    """The verb's function: a callable, or "module:function" imported only when that verb runs (fast --help)."""
+    if callable(handler):
+        return handler
+    module, function = handler.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        return command_handler(args.handler)(args)
     except UserFacingError as exc:
         print(f"trainflow: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
-"""`trainflow compare`: two supervised models on one config's test split, per record, with a paired bootstrap.
+"""`trainflow compare`: two models of one task on one config's test split, per record, with a paired bootstrap.
 
-Like local_run, this drives stages (ingest and cache, to rebuild a test split), so it
-sits at the top of the package beside the CLI, not inside trainflow.evaluation.
+Like the local run, this drives stages (ingest and cache, to rebuild a test split), so it is a
+command, not part of trainflow.evaluation. The task loads each model folder back and scores it.
 
 The test split is the one the pipeline evaluates on: either a build_cache output given
 with `--cache`, or rebuilt from the config (ingest + cache into a temporary folder;
@@ -10,6 +10,7 @@ the split is seeded, so the same data and config give the same test records).
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -17,9 +18,7 @@ from typing import Any
 
 from trainflow.registry.champion import resolve_model_reference
 from trainflow.evaluation.paired import compare_arrays
-from trainflow.evaluation.record_outputs import (
-    ARGUMENTS, HEADLINE_METRICS, SUPERVISED_TASKS, RecordOutputs, metric_function, supervised_test_outputs, test_record_ids,
-)
+from trainflow.evaluation.record_outputs import RecordOutputs, test_record_ids
 from trainflow.errors import UserFacingError
 
 
@@ -43,40 +42,44 @@ def compare_models(config_path: str, model_a: str, model_b: str, cache_dir: str 
     """Score models a and b (folders or models:/ references) on the test split and compare them per metric.
 
     Output: {task, records, cache, a, b, comparisons: {metric: compare_arrays result}}.
-    Raises UserFacingError for a text_to_image config, models of another task or class set,
-    or a metric the task does not compute.
+    Raises UserFacingError for a task without per-record outputs to compare, models of another
+    task or class set, or a metric the task does not compute.
     """
     from trainflow.config import load_config
     from trainflow.devices import pick_device
     from trainflow.registry.tracking import default_tracking_uri
-    from trainflow.tasks.supervised import load_supervised_model
+    from trainflow.tasks import get_task
 
     config = load_config(config_path)
-    if config.task not in SUPERVISED_TASKS:
-        raise UserFacingError(f"trainflow compare works on {', '.join(SUPERVISED_TASKS)} configs; {config_path} is "
+    task = get_task(config.task)
+    if not task.compares_per_record:
+        raise UserFacingError(f"trainflow compare works on tasks that keep per-record test outputs; {config_path} is "
                               f"{config.task} (its evaluate stage compares the fine-tuned and base models)")
     tracking_uri = config.registration.tracking_uri or default_tracking_uri()
-    keys = metrics or HEADLINE_METRICS[config.task][:1]
+    keys = metrics or task.headline_keys()[:1]
     with tempfile.TemporaryDirectory(prefix="trainflow-compare-") as scratch:
         cache = Path(cache_dir) if cache_dir else rebuild_test_cache(config, Path(scratch))
         scored, names = {}, None
         for label, reference in (("a", model_a), ("b", model_b)):
-            model, meta = load_supervised_model(resolve_model_reference(reference, tracking_uri, Path(scratch) / label))
-            model_names = list(meta["target_names"] if meta["task"] == "regression" else meta["class_names"])
-            if meta["task"] != config.task or (names is not None and model_names != names):
-                raise UserFacingError(f"model {label} ({reference}) is a {meta['task']} model over {model_names}; "
+            folder = resolve_model_reference(reference, tracking_uri, Path(scratch) / label)
+            try:
+                predictor = task.load_for_prediction(folder)
+            except UserFacingError as error:
+                raise UserFacingError(f"model {label} ({reference}): {error}; both must be {config.task} models") from None
+            if names is not None and predictor.names != names:
+                raise UserFacingError(f"model {label} ({reference}) is a {config.task} model over {predictor.names}; "
                                       f"both must be {config.task} models over the same classes or targets")
-            names = model_names
-            scored[label] = supervised_test_outputs(model, meta, cache, config.evaluate.batch_size, pick_device(device))
+            names = predictor.names
+            scored[label] = predictor.record_outputs(cache, config.evaluate.batch_size, pick_device(device))
         truth = scored["a"][1]
         outputs = RecordOutputs(config.task, names or [], truth, {k: v[0] for k, v in scored.items()},
                                 test_record_ids(cache), "")
-    metric_fn = metric_function(config.task, outputs.names)
+    metric_fn = task.metric_function(outputs.names)
     n_resamples = resamples or config.evaluate.bootstrap_resamples or 1000
     comparisons = {key: compare_arrays(metric_fn, outputs.arrays("a"), outputs.arrays("b"), key, n_resamples=n_resamples,
                                        seed=config.seed, confidence=confidence) for key in keys}
     return {"task": config.task, "records": len(outputs.record_ids), "cache": str(cache_dir or "rebuilt from the config"),
-            "a": model_a, "b": model_b, "output": ARGUMENTS[config.task][0], "comparisons": comparisons}
+            "a": model_a, "b": model_b, "output": task.output_names[0], "comparisons": comparisons}
 
 
 def comparison_lines(result: dict[str, Any]) -> list[str]:
@@ -93,3 +96,12 @@ def write_comparison_json(result: dict[str, Any], path: str | Path) -> None:
     from trainflow.atomic_files import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    result = compare_models(args.config, args.a, args.b, cache_dir=args.cache, metrics=args.metric,
+                            resamples=args.resamples, confidence=args.confidence, device=args.device)
+    print("\n".join(comparison_lines(result)))
+    if args.json:
+        write_comparison_json(result, args.json)
+    return 0

@@ -9,6 +9,7 @@ pytorch-fid prints it, plus `KID: <mean> ± <std>` with --kid.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import dataclasses
 import functools
@@ -170,3 +171,10 @@ def run_fid(options: FidOptions) -> int:
         atomic_write_json(options.json_path, result)
     sys.stdout.flush()
     return 0
+
+
+def fid_command(args: argparse.Namespace) -> int:
+    return run_fid(FidOptions(
+        paths=args.path, dims=args.dims, batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+        json_path=args.json, kid=args.kid, weights=args.weights, save_stats=args.save_stats, cache_dir=args.cache,
+    ))

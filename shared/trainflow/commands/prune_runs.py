@@ -15,6 +15,7 @@ name, so a pod never resumes from a half-deleted run.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
@@ -128,3 +129,8 @@ def _size(size: int) -> str:
 def _age(seconds: float) -> str:
     days = seconds / SECONDS_PER_DAY
     return f"{days:.1f} days" if days >= 1 else f"{seconds / 3600:.1f} hours"
+
+
+def prune_runs_command(args: argparse.Namespace) -> int:
+    prune_runs(args.runs_dir, args.keep_last, args.keep_days, dry_run=args.dry_run, verbose=args.verbose)
+    return 0

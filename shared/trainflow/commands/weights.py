@@ -9,6 +9,7 @@ cluster's weights-cache volume and mounted as HF_HOME and TORCH_HOME.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from pathlib import Path
@@ -85,9 +86,11 @@ def weights_needed(config: RunConfig) -> list[WeightEntry]:
 
     Optional ones (CLIP, LPIPS) only turn their metric into 'skipped'. Reads nothing but the config.
     """
+    from trainflow.tasks import get_task
+
     entries: list[WeightEntry] = []
     model, score = config.model, config.score
-    if config.task == "text_to_image":
+    if get_task(config.task).generates_images:  # the base pipeline and the score stage's scorers
         if model.base:
             entries += _base_model_entries(model.base)
         fid = score.fid_features
@@ -186,3 +189,19 @@ def fetch_weights(
             continue
         done.append(f"fetched {entry.what} -> {destination}")
     return done, failed
+
+
+def weights_check_command(args: argparse.Namespace) -> int:
+    from trainflow.config import load_config
+
+    lines, all_required = inventory_lines(weights_needed(load_config(args.config, check_local_paths=False)))
+    print("\n".join(lines))
+    return 0 if all_required else 1
+
+
+def weights_fetch_command(args: argparse.Namespace) -> int:
+    from trainflow.config import load_config
+
+    done, failed = fetch_weights(weights_needed(load_config(args.config, check_local_paths=False)), args.to)
+    print("\n".join(done + failed) or "nothing to fetch: this config names only local weight files")
+    return 1 if failed else 0

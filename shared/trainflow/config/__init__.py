@@ -9,7 +9,7 @@ from trainflow.config.evaluation import CacheConfig, EvaluateConfig, FeatureExtr
 from trainflow.config.ingest import IngestConfig, SplitFractions
 from trainflow.config.model import ModelConfig
 from trainflow.config.registration import Gate, RegisterConfig
-from trainflow.config.run import TASKS, RunConfig, check_task_fit, load_config
+from trainflow.config.run import RunConfig, check_task_fit, load_config
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section, section_payload
 from trainflow.config.training import (
     CheckpointConfig, DiffusionTrainingConfig, EarlyStoppingConfig, EmaConfig, LoraConfig, LossConfig,
@@ -20,6 +20,6 @@ __all__ = [
     "CacheConfig", "CheckpointConfig", "DiffusionTrainingConfig", "EarlyStoppingConfig", "EmaConfig",
     "EvaluateConfig", "FeatureExtractorConfig", "Gate", "GenerationConfig", "IngestConfig", "LoraConfig",
     "LossConfig", "ModelConfig", "OptimizerConfig", "RegisterConfig", "RunConfig", "ScheduleConfig",
-    "ScoreConfig", "Section", "SplitFractions", "TASKS", "TrainConfig", "check_task_fit", "load_config",
+    "ScoreConfig", "Section", "SplitFractions", "TrainConfig", "check_task_fit", "load_config",
     "looks_like_local_path", "parse_section", "section_payload",
 ]

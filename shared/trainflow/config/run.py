@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
-
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainflow.config.evaluation import CacheConfig, EvaluateConfig, ScoreConfig
 from trainflow.config.ingest import IngestConfig
@@ -15,26 +13,15 @@ from trainflow.config.model import ModelConfig
 from trainflow.config.platform import PlatformConfig
 from trainflow.config.registration import RegisterConfig
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section, section_payload
-from trainflow.config.data_loading import TransformsConfig
-from trainflow.config.training import DiffusionTrainingConfig, LossConfig, TrainConfig
+from trainflow.config.training import TrainConfig
 from trainflow.config.tuning import CrossValidationConfig, TuneConfig, check_search_space
 from trainflow.errors import ConfigError
 
-TASKS = ("text_to_image", "classification", "regression", "segmentation")
-
-# What each task's validation logs, so early_stopping.monitor can be checked before training starts.
-TASK_VALIDATION_METRICS = {
-    "text_to_image": ("val_loss",),
-    "classification": ("val_loss", "val_accuracy"),
-    "regression": ("val_loss", "val_mse", "val_mae"),
-    "segmentation": ("val_loss", "val_pixel_accuracy", "val_mean_iou"),
-}
-TRAIN_METRICS = ("train_loss",)
 
 
 class RunConfig(Section):
     run_name: str = Field(min_length=1)
-    task: Literal["text_to_image", "classification", "regression", "segmentation"] = "text_to_image"
+    task: str = Field("text_to_image", description="A task of trainflow.tasks.registry (text_to_image, classification, ...).")
     seed: int = 0
     ingest: IngestConfig
     model: ModelConfig
@@ -51,52 +38,39 @@ class RunConfig(Section):
     tune: TuneConfig | None = None
     cross_validation: CrossValidationConfig | None = None
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from trainflow.tasks.registry import TASK_MODULES, unknown_task_message
+
+        if value not in TASK_MODULES:
+            raise ValueError(unknown_task_message(value))
+        return value
+
     @model_validator(mode="after")
     def _fits_the_task(self) -> "RunConfig":
-        check_task_fit(self.task, self.ingest, self.model, self.train)
+        from trainflow.tasks import get_task
+
+        task = get_task(self.task)
+        task.check_config(self.ingest, self.model, self.train)
+        task.check_run_config(self)
         if self.tune is not None:
             check_search_space(RunConfig, section_payload(self), self.tune, self.task, self.train.early_stopping.monitor)
-        if self.task == "text_to_image" and any(gate.beat_champion for gate in self.registration.gates):
-            raise ValueError("register.gates: beat_champion compares per-record predictions of supervised models; "
-                             "for text_to_image use beat_base, min or max")
         return self
 
 
 def check_task_fit(task: str, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
-    """Raise ValueError (one sentence naming the field) when a section asks for what the task cannot do.
+    """Raise ConfigError (one sentence naming the field) when a section asks for what the task cannot do.
 
-    Stages call this too with the sections they receive, so a config edited in
-    the Kubeflow UI fails the same way as a local one.
+    Stages call this with the sections they receive, so a config edited in the Kubeflow UI fails
+    the same way as a local one; the task's definition (trainflow.tasks) says what fits.
     """
-    if model is not None:
-        if task == "text_to_image" and not model.base:
-            raise ValueError("model.base: text_to_image needs a base diffusers pipeline (folder or hub id)")
-        if task != "text_to_image" and not model.architecture:
-            raise ValueError(f"model.architecture: task {task} needs an architecture (small_cnn, mlp, seg_cnn, resnet18, ...)")
-    if ingest is not None:
-        if task == "text_to_image" and not (ingest.dataset_dir or ingest.table or ingest.hdf5):
-            raise ValueError("ingest.dataset_dir: text_to_image needs images with captions (an image folder, "
-                             "a table with an image column, or an HDF5 file)")
-        if task == "classification" and not (ingest.label_column or ingest.sklearn_dataset):
-            raise ValueError("ingest.label_column: classification needs a label column")
-        if task == "classification" and ingest.sklearn_dataset == "diabetes":
-            raise ValueError("ingest.sklearn_dataset: diabetes has numeric targets; use task: regression")
-        if task == "regression" and not (ingest.target_columns or ingest.sklearn_dataset == "diabetes"):
-            raise ValueError("ingest.target_columns: regression needs at least one numeric target column (or sklearn_dataset: diabetes)")
-        if task == "segmentation" and not (ingest.mask_column or ingest.sklearn_dataset == "digits"):
-            raise ValueError("ingest.mask_column: segmentation needs a mask column (or sklearn_dataset: digits, whose masks are the strokes)")
-    if train is not None:
-        monitor = train.early_stopping.monitor
-        known = TASK_VALIDATION_METRICS[task] + TRAIN_METRICS
-        if monitor not in known:
-            raise ValueError(f"train.early_stopping.monitor: task {task} does not log {monitor!r}; choose one of {', '.join(known)}")
-        if task != "text_to_image" and train.diffusion != DiffusionTrainingConfig():
-            raise ValueError(f"train.diffusion: these options apply to text_to_image only, not {task}")
-        if task == "text_to_image" and train.transforms != TransformsConfig():
-            raise ValueError("train.transforms: text_to_image trains on cached latents, which pixel transforms cannot "
-                             "reach; augment before caching (see README, Data loading)")
-        if task == "text_to_image" and train.loss != LossConfig():
-            raise ValueError("train.loss: text_to_image trains on the denoising objective; set diffusion options under train.diffusion")
+    from trainflow.tasks import get_task
+
+    try:
+        get_task(task).check_config(ingest, model, train)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
 
 
 def load_config(path: str | os.PathLike, check_local_paths: bool = True) -> RunConfig:
@@ -127,11 +101,9 @@ def _check_local_paths(config: RunConfig, config_path: Path) -> None:
                 "model.weights_path": config.model.weights_path}
     if config.model.base and looks_like_local_path(config.model.base):
         required["model.base"] = config.model.base
-    if config.task == "text_to_image":
-        if config.score.fid_features.kind == "classifier" and config.score.fid_features.path:
-            required["score.fid_features.path"] = config.score.fid_features.path
-        if config.score.prompt_classifier:
-            required["score.prompt_classifier"] = config.score.prompt_classifier
+    from trainflow.tasks import get_task
+
+    required.update(get_task(config.task).local_paths(config))
     for field, value in required.items():
         if value and not Path(value).expanduser().exists():
             raise ConfigError(

@@ -151,10 +151,10 @@ class CrossValidationConfig(Section):
 
 # ---------------------------------------------------------------- schema checks (called by RunConfig)
 def task_validation_metrics(task: str) -> tuple[str, ...]:
-    """What the task's validation logs; the one place the tuning code asks (a task registry will answer later)."""
-    from trainflow.config.run import TASK_VALIDATION_METRICS
+    """What the task's validation logs (its definition in trainflow.tasks says)."""
+    from trainflow.tasks import get_task
 
-    return TASK_VALIDATION_METRICS[task]
+    return get_task(task).validation_metrics
 
 
 def objective_directions(tune: TuneConfig, monitor: str) -> list[tuple[str, str]]:

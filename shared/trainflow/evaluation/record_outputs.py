@@ -6,7 +6,8 @@
                            probabilities (N, C) float64, predictions (N, T) float64,
                            predicted (N, H, W) class maps, or test_loss (N,) per-record denoising loss
     <folder>/predictions.json
-        task, names (classes or targets), sources, record_ids (test split order), dataset_sha256, seed
+        task, names (classes or targets), sources, record_ids (test split order), dataset_sha256, seed,
+        dtypes (each tensor's type before it was stored in the smallest that holds it)
 
 Records are in the cache's test-split order; `record_ids` lets a comparison check
 that another model was scored on exactly the same records.
@@ -15,15 +16,12 @@ that another model was scored on exactly the same records.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
-from typing import Any, Callable
 
 import h5py
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 
 from trainflow.atomic_files import atomic_directory
 from trainflow.data.cache.attrs import cache_path, read_cache_dataset_hash
@@ -31,13 +29,6 @@ from trainflow.errors import UserFacingError
 
 OUTPUTS_FILE = "predictions.safetensors"
 INFO_FILE = "predictions.json"
-SUPERVISED_TASKS = ("classification", "regression", "segmentation")
-# The metrics a report leads with, given intervals and best-vs-last comparisons.
-HEADLINE_METRICS = {"classification": ["accuracy", "f1_macro"], "regression": ["r2", "rmse", "mae"],
-                    "segmentation": ["mean_iou", "mean_dice", "pixel_accuracy"], "text_to_image": ["test_loss"]}
-# metric-function argument names: (model output, ground truth)
-ARGUMENTS = {"classification": ("probabilities", "labels"), "regression": ("predictions", "targets"),
-             "segmentation": ("predicted", "masks"), "text_to_image": ("test_loss", None)}
 
 
 @dataclasses.dataclass
@@ -52,33 +43,26 @@ class RecordOutputs:
     dataset_sha256: str
     seed: int = 0
 
+    def argument_names(self) -> tuple[str, str | None]:
+        """The task's metric-function argument names for (model outputs, ground truth)."""
+        from trainflow.tasks import get_task
+
+        return get_task(self.task).output_names
+
     def arrays(self, source: str) -> dict[str, torch.Tensor]:
-        """The inputs of `metric_function(task, names)` for model `source`."""
+        """The inputs of the task's metric function for model `source`."""
         if source not in self.outputs:
             raise UserFacingError(f"the per-record outputs hold {', '.join(self.outputs)}, not {source!r}")
-        output_name, truth_name = ARGUMENTS[self.task]
+        output_name, truth_name = self.argument_names()
         arrays = {output_name: self.outputs[source]}
         if truth_name is not None:
             arrays[truth_name] = self.truth
         return arrays
 
-
-def mean_test_loss(test_loss: torch.Tensor) -> dict[str, Any]:
-    """text_to_image's metric over records: the mean per-record denoising loss (what the test_loss scalar is)."""
-    return {"test_loss": float(test_loss.double().mean())}
-
-
-def metric_function(task: str, names: list[str]) -> Callable[..., dict[str, Any]]:
-    """The task's metric function bound to its class/target names (what bootstrap and comparison call)."""
-    from trainflow.metrics import supervised as sm
-
-    if task == "classification":
-        return functools.partial(sm.classification_metrics, class_names=names)
-    if task == "regression":
-        return functools.partial(sm.regression_metrics, target_names=names)
-    if task == "segmentation":
-        return functools.partial(sm.segmentation_metrics, class_names=names)
-    return mean_test_loss
+    def arrays_of(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metric inputs for another model's outputs on the same records (same truth)."""
+        output_name, truth_name = self.argument_names()
+        return {output_name: outputs, **({truth_name: self.truth} if truth_name is not None else {})}
 
 
 def test_record_ids(cache_dir: str | Path) -> list[str]:
@@ -89,41 +73,16 @@ def test_record_ids(cache_dir: str | Path) -> list[str]:
         return [r.decode() if isinstance(r, bytes) else str(r) for r in handle["test"]["record_ids"][()]]
 
 
-@torch.no_grad()
-def supervised_test_outputs(model: torch.nn.Module, meta: dict[str, Any], cache_dir: str | Path, batch_size: int,
-                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(model outputs, truth) on the cache's test split, in record order.
-
-    Outputs: class probabilities (N, C) float64, predictions in the targets' units
-    (N, T) float64, or predicted class maps (N, H, W) int64, by meta["task"].
-    Raises UserFacingError when the test split is empty or the cache is not supervised.
-    """
-    from trainflow.data.cache.supervised_cache import SupervisedCache
-    from trainflow.tasks.supervised import model_outputs
-
-    task = meta["task"]
-    test_set = SupervisedCache(cache_dir, "test")
-    if len(test_set) == 0:
-        raise UserFacingError("the test split is empty; ingest more records or change ingest.split")
-    model = model.to(device).eval()
-    truth_key = {"classification": "label", "regression": "targets", "segmentation": "mask"}[task]
-    outputs, truths = [], []
-    for batch in DataLoader(test_set, batch_size=batch_size, shuffle=False):
-        produced = model_outputs(model, meta, batch["inputs"].to(device)).cpu()
-        outputs.append(produced.argmax(1) if task == "segmentation" else produced.double())
-        truths.append(batch[truth_key])
-    truth = torch.cat(truths)
-    return torch.cat(outputs), truth.double() if task == "regression" else truth
-
-
 def save_record_outputs(folder: str | Path, outputs: RecordOutputs) -> None:
     """Write `folder` (replaced atomically) with predictions.safetensors and predictions.json."""
-    output_name, truth_name = ARGUMENTS[outputs.task]
-    tensors = {f"{source}.{output_name}": _compact(t) for source, t in outputs.outputs.items()}
+    output_name, truth_name = outputs.argument_names()
+    full = {f"{source}.{output_name}": t for source, t in outputs.outputs.items()}
     if truth_name is not None:
-        tensors[truth_name] = _compact(outputs.truth)
+        full[truth_name] = outputs.truth
+    tensors = {name: _compact(t) for name, t in full.items()}
     info = {"task": outputs.task, "names": outputs.names, "sources": list(outputs.outputs), "seed": outputs.seed,
-            "record_ids": outputs.record_ids, "dataset_sha256": outputs.dataset_sha256, "split": "test"}
+            "record_ids": outputs.record_ids, "dataset_sha256": outputs.dataset_sha256, "split": "test",
+            "dtypes": {name: str(t.dtype).removeprefix("torch.") for name, t in full.items()}}
     with atomic_directory(folder) as staging:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / OUTPUTS_FILE))
         (staging / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
@@ -141,14 +100,26 @@ def load_record_outputs(folder: str | Path) -> RecordOutputs:
                                   "predictions output")
     info = json.loads((root / INFO_FILE).read_text(encoding="utf-8"))
     tensors = load_file(str(root / OUTPUTS_FILE))
-    output_name, truth_name = ARGUMENTS[info["task"]]
-    restore = _restored_dtype(info["task"])
-    return RecordOutputs(
-        task=info["task"], names=info["names"],
-        truth=restore(tensors[truth_name], truth=True) if truth_name else None,
-        outputs={source: restore(tensors[f"{source}.{output_name}"], truth=False) for source in info["sources"]},
-        record_ids=info["record_ids"], dataset_sha256=info["dataset_sha256"], seed=info.get("seed", 0),
-    )
+    dtypes = info.get("dtypes", {})
+
+    def restored(name: str) -> torch.Tensor:
+        if name not in tensors:
+            raise UserFacingError(f"{root / OUTPUTS_FILE} has no tensor {name!r}; the predictions input must be the "
+                                  "evaluate stage's predictions output")
+        if name not in dtypes:
+            return tensors[name]
+        dtype = getattr(torch, str(dtypes[name]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise UserFacingError(f"{root / INFO_FILE}: {str(dtypes[name])[:40]!r} (the type of {name}) is not a torch "
+                                  "dtype; re-run the evaluate stage")
+        return tensors[name].to(dtype)
+
+    loaded = RecordOutputs(task=info["task"], names=info["names"], truth=None, outputs={}, record_ids=info["record_ids"],
+                           dataset_sha256=info["dataset_sha256"], seed=info.get("seed", 0))
+    output_name, truth_name = loaded.argument_names()
+    loaded.truth = restored(truth_name) if truth_name else None
+    loaded.outputs = {source: restored(f"{source}.{output_name}") for source in info["sources"]}
+    return loaded
 
 
 def check_same_records(outputs: RecordOutputs, cache_dir: str | Path) -> None:
@@ -167,11 +138,3 @@ def _compact(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dtype == torch.int64 and tensor.numel() and tensor.min() >= 0 and tensor.max() < 256:
         return tensor.to(torch.uint8)
     return tensor.cpu()
-
-
-def _restored_dtype(task: str) -> Callable[..., torch.Tensor]:
-    def restore(tensor: torch.Tensor, truth: bool) -> torch.Tensor:
-        if tensor.dtype == torch.uint8 or (task in ("classification", "segmentation") and truth):
-            return tensor.to(torch.int64)
-        return tensor
-    return restore

@@ -20,6 +20,7 @@ from trainflow.artifacts import LocalArtifact
 from trainflow.atomic_files import atomic_write_json
 from trainflow.config import RunConfig, parse_section, section_payload
 from trainflow.errors import ConfigError
+from trainflow.tasks import get_task
 
 KFOLD_KINDS = ("kfold", "stratified_kfold")
 
@@ -30,7 +31,7 @@ def with_fold_split(config: RunConfig) -> RunConfig:
     split = payload["ingest"].setdefault("split", {})
     cv = config.cross_validation
     kind = (cv.kind if cv and cv.kind else split.get("kind") if split.get("kind") in KFOLD_KINDS
-            else "stratified_kfold" if config.task == "classification" else "kfold")
+            else "stratified_kfold" if get_task(config.task).record_needs.classes_of == "labels" else "kfold")
     folds = (cv.folds if cv and cv.folds else config.ingest.split.folds or 5)
     split.update({"kind": kind, "folds": folds})
     return parse_section(RunConfig, payload, "the config with k-fold splits")
@@ -53,8 +54,8 @@ def cross_validate_locally(config: RunConfig, state_dir: str | Path = ".trainflo
     from trainflow.experiments.trial_worker import trial_output
     from trainflow.stages.cross_validation_fold import aggregate_folds, cross_validation_fold
 
-    if config.task == "text_to_image":
-        raise ConfigError("task: cross-validation scores held-out folds with supervised metrics; text_to_image is not supported")
+    if not get_task(config.task).compares_per_record:
+        raise ConfigError(f"task: cross-validation scores held-out folds record by record, which {config.task} does not support")
     config = with_fold_split(config)
     root = Path(state_dir).resolve() / "cross-validation" / config.run_name
     if fresh:

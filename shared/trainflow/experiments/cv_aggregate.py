@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from trainflow.evaluation.record_outputs import HEADLINE_METRICS, RecordOutputs, load_record_outputs, metric_function, save_record_outputs
+from trainflow.evaluation.record_outputs import RecordOutputs, load_record_outputs, save_record_outputs
+from trainflow.tasks import get_task
 from trainflow.config import RunConfig
 from trainflow.experiments.cv_statistics import fold_interval
 
@@ -29,7 +30,7 @@ def _oof(fold_dirs: list[Path], repeat: int) -> RecordOutputs:
 
 def aggregate(fold_dirs: list[Path], config: RunConfig, oof_dir: Path) -> dict[str, Any]:
     folds = [json.loads((d / FOLD_RESULT).read_text(encoding="utf-8")) for d in fold_dirs]
-    headline = HEADLINE_METRICS[config.task]
+    headline = get_task(config.task).headline_keys()
     confidence = config.cross_validation.confidence if config.cross_validation else 0.95
     metrics = {name: fold_interval([f["metrics"][name] for f in folds], confidence)
                for name in headline if all(name in f["metrics"] for f in folds)}
@@ -39,7 +40,7 @@ def aggregate(fold_dirs: list[Path], config: RunConfig, oof_dir: Path) -> dict[s
         dirs = [d for d, f in zip(fold_dirs, folds) if f["repeat"] == repeat]
         outputs = _oof(dirs, repeat)
         save_record_outputs(oof_dir / f"repeat-{repeat}", outputs)
-        scores = metric_function(outputs.task, outputs.names)(**outputs.arrays("best"))
+        scores = get_task(outputs.task).metric_function(outputs.names)(**outputs.arrays("best"))
         pooled[str(repeat)] = {k: float(v) for k, v in scores.items() if k in headline and isinstance(v, float)}
     (oof_dir / "folds.json").write_text(json.dumps(
         [{"repeat": f["repeat"], "fold": f["fold"], "n_held_out": f["n_held_out"]} for f in folds], indent=1) + "\n")

@@ -2,7 +2,7 @@
 
 Any number of workers (processes on this machine, or pods of a ParallelFor) run `run_worker` on the same
 study; the storage hands each trial to one worker only. A trial trains with the engine through the same
-`run_training` as the train stage, in `trials/<slot>/`, reporting each validation to Optuna through the
+`train_from_request` as the train stage, in `trials/<slot>/`, reporting each validation to Optuna through the
 engine's validation hook; a pruned trial stops there with stop kind `pruned`. Trials see the train and
 val splits only: the task never opens the test split during a search.
 
@@ -119,7 +119,7 @@ def _validation_hook(trial: optuna.Trial, metric: str, single: bool):
 def run_trial(study: optuna.Study, trial: optuna.Trial, slot: int, request: StudyRequest, config: RunConfig,
               verbose: bool, worker: str) -> TrialState:
     """Train one trial and tell the study how it ended (complete, pruned or failed, with why)."""
-    from trainflow.training.run_training import TRAINING_RECORD, TrainRequest, run_training
+    from trainflow.stages.train import TRAINING_RECORD, TrainRequest, train_from_request
 
     tune = config.tune
     assert tune is not None
@@ -139,7 +139,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, slot: int, request: Stud
             "checkpoint_dir": str(folder / "checkpoints"), "output_dir": str(folder / "model")})
         hook = _validation_hook(trial, metrics[0], len(metrics) == 1)
         with Heartbeat(folder, min(10.0, tune.stale_after_seconds / 4)), trial_output(folder / "train.log", verbose):
-            summary = run_training(train_request, validation_hook=hook)
+            summary = train_from_request(train_request, validation_hook=hook)
         record = json.loads((folder / "model" / TRAINING_RECORD).read_text(encoding="utf-8"))
     except UserFacingError as exc:
         return _finish(study, trial, TrialState.FAIL, None, params, {"error": str(exc)}, started, cpu_started, worker)

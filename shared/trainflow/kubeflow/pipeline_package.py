@@ -23,9 +23,10 @@ PIPELINES: dict[str, tuple[str, str]] = {
 
 
 def default_pipeline(config: Any) -> str:
-    """The pipeline a config's task implies: text-to-image for `text_to_image` (or no task), else supervised."""
-    task = getattr(config, "task", None) or "text_to_image"
-    return "text-to-image" if str(task).replace("-", "_") == "text_to_image" else "supervised"
+    """The pipeline that runs the config's task (its definition in trainflow.tasks says which)."""
+    from trainflow.tasks import get_task
+
+    return get_task(getattr(config, "task", None) or "text_to_image").pipeline
 
 
 def compile_pipeline_package(config: Any, pipeline: str, output: Path) -> Path:

@@ -1,16 +1,13 @@
-"""The train step as its component runs it: in this process, or as a PyTorchJob/TrainJob it launches.
+"""The cluster side of the train stage: launch a PyTorchJob/TrainJob and wait for it (`launch_training_job`).
 
-Without `train.distributed` this is `trainflow.stages.train.train`, with the checkpoints moved
-onto the shared workspace on a cluster (`<workspace>/runs/<KFP run id>/<task>/checkpoints`), so
-a retried pod of the same run resumes from them and a new run starts fresh.
-
-With `train.distributed` the step only launches and waits (a CPU pod): it puts what the training
-pods read on the workspace (the cache, unless it already lies on a mounted volume; the
-TrainRequest), starts the job named after the KFP run and task through `JobLauncher` (so a
-retried step re-attaches to its job instead of starting a second one), and fills Output[Model],
-the metrics and the TensorBoard artifact from what rank 0 wrote. A cancelled run stops this
-process with SIGTERM, which `stage_runner.run_stage` turns into SystemExit, so the launcher's
-cleanup deletes the job.
+The train stage (trainflow.stages.train) calls this when `train.distributed` is set; the step then only
+launches and waits (a CPU pod): it puts what the training pods read on the workspace (the cache, unless
+it already lies on a mounted volume; the TrainRequest), starts the job named after the KFP run and task
+through `JobLauncher` (so a retried step re-attaches to its job instead of starting a second one), and
+fills the model folder and TensorBoard events from what rank 0 wrote. A cancelled run stops the step
+with SIGTERM, which `trainflow.stages.runner.run_stage` turns into SystemExit, so the launcher's cleanup
+deletes the job. `run_folder` is where a run's files live on the workspace
+(`<workspace>/runs/<KFP run id>/<task>/`), so a retried pod of the same run resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -18,19 +15,16 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_directory
-from trainflow.config import TrainConfig, parse_section, section_payload
+from trainflow.config import TrainConfig, section_payload
 from trainflow.config.platform import DistributedConfig, PlatformConfig
 from trainflow.errors import ConfigError
 from trainflow.kubeflow.distributed_spec import (DistributedTrainingSpec, PvcMount, SecretKeyEnv, Toleration,
                                                  worker_command)
 
 POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-# Written by rank 0 beside the summary facts; not facts for artifact metadata.
-_RECORD_ONLY_KEYS = ("history", "train_config", "model_config", "best_checkpoint", "last_checkpoint")
 
 
 def run_folder(platform: PlatformConfig, run_id: str, task_name: str) -> Path:
@@ -109,55 +103,18 @@ def distributed_spec(distributed: DistributedConfig, platform: PlatformConfig, *
         metrics_port=metrics_port or None, grace_seconds=grace_seconds)
 
 
-def record_training_outcome(summary: dict[str, Any], model: ArtifactLike, metrics: ArtifactLike) -> None:
-    """Copy the training summary's facts into the model and metrics artifacts' metadata."""
-    facts = {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS and v is not None}
-    model.metadata.update(facts)
-    metrics.metadata.update({k: facts[k] for k in ("best_value", "best_step", "best_epoch", "steps_run", "epochs_run")
-                             if k in facts})
-    metrics.metadata["monitor"] = facts.get("monitor")
-    metrics.metadata["stop_reason"] = facts.get("stop_reason")
+def launch_training_job(task: str, cache_dir: str, model_config: dict[str, Any], cfg: TrainConfig, seed: int,
+                        model_dir: Path, logs_dir: Path | None, checkpoint_dir: str, platform: PlatformConfig, image: str,
+                        run_id: str, task_name: str, api_client: Any = None,
+                        launcher_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on the cluster: a PyTorchJob/TrainJob named after the KFP run and task, waited for; returns its summary.
 
-
-def train(
-    task: str, cache_dir: str, model_config: dict[str, Any], config: dict[str, Any], seed: int,
-    model: ArtifactLike, metrics: ArtifactLike, checkpoint_dir: str = "", logs: ArtifactLike | None = None,
-    platform: dict[str, Any] | None = None, run_id: str = "", task_name: str = "",
-    api_client: Any = None, launcher_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train the task; on a cluster with `train.distributed`, through a PyTorchJob/TrainJob.
-
-    Inputs: as `trainflow.stages.train.train`, plus the compiled `platform` section (None on a
-    local run; it must carry `image`), the KFP run id and task name (they key the workspace
-    folder and the job name), and for tests an ApiClient and JobLauncher options.
-    Outputs: `model`, `metrics` and `logs` filled; returns the training summary.
-    Failures: ConfigError for a distributed run without a platform or with paths off the shared
-    volumes; the launcher's ClusterAccessError / TrainingJobFailed / TrainingJobTimeout.
+    Puts what the training pods read on the workspace (the cache, unless it already lies on a mounted
+    volume; the TrainRequest in `run_folder`), starts or re-attaches to the job through `JobLauncher`,
+    and fills `model_dir` and `logs_dir` from what rank 0 wrote. `api_client` and `launcher_options`
+    are for tests. Failures: ConfigError for paths off the shared volumes; the launcher's
+    ClusterAccessError / TrainingJobFailed / TrainingJobTimeout.
     """
-    cfg: TrainConfig = parse_section(TrainConfig, config, "the train section")
-    settings = parse_section(PlatformConfig, platform, "the platform section") if platform else None
-    if settings is not None and not checkpoint_dir:
-        checkpoint_dir = str(run_folder(settings, run_id, task_name) / "checkpoints")
-    if cfg.distributed is None:
-        from trainflow.stages.train import train as train_here
-
-        return train_here(task=task, cache_dir=cache_dir, model_config=model_config, config=config, seed=seed,
-                          model=model, metrics=metrics, checkpoint_dir=checkpoint_dir, logs=logs)
-    if settings is None or not platform.get("image"):
-        raise ConfigError("train.distributed launches a PyTorchJob/TrainJob and needs the shared workspace of a "
-                          "compiled pipeline; remove it for a local run, or run on Kubeflow (trainflow submit).")
-    with timed_stage("train", model, metrics):
-        summary = _train_on_cluster(task, cache_dir, model_config, cfg, seed, model, logs, checkpoint_dir, settings,
-                                    platform["image"], run_folder(settings, run_id, task_name),
-                                    run_id, task_name, api_client, launcher_options or {})
-        record_training_outcome(summary, model, metrics)
-    return summary
-
-
-def _train_on_cluster(task: str, cache_dir: str, model_config: dict[str, Any], cfg: TrainConfig, seed: int,
-                      model: ArtifactLike, logs: ArtifactLike | None, checkpoint_dir: str, platform: PlatformConfig,
-                      image: str, folder: Path, run_id: str, task_name: str, api_client: Any,
-                      launcher_options: dict[str, Any]) -> dict[str, Any]:
     from trainflow.kubeflow.cluster_api import kubernetes_api_client
     from trainflow.kubeflow.job_launcher import JobLauncher
     from trainflow.kubeflow.job_names import training_job_name
@@ -165,6 +122,7 @@ def _train_on_cluster(task: str, cache_dir: str, model_config: dict[str, Any], c
     if platform.mounted_folder(checkpoint_dir) is None:
         raise ConfigError(f"checkpoint_dir {checkpoint_dir} is not on a volume the training pods mount; leave it "
                           f"empty or put it under {platform.workspace_mount_path}.")
+    folder = run_folder(platform, run_id, task_name)
     request_path = folder / "train-request.json"
     spec = distributed_spec(cfg.distributed, platform, image=image, request_path=request_path,
                             with_mlflow=cfg.logging.mlflow, metrics_port=cfg.logging.prometheus_port,
@@ -174,13 +132,13 @@ def _train_on_cluster(task: str, cache_dir: str, model_config: dict[str, Any], c
     request = {"task": task, "cache_dir": str(_cache_on_workspace(Path(cache_dir), folder, platform)),
                "model_config": model_config, "train_config": worker_config, "seed": seed,
                "checkpoint_dir": checkpoint_dir, "output_dir": str(folder / "model"),
-               "tensorboard_dir": str(folder / "tensorboard") if logs is not None else None}
+               "tensorboard_dir": str(folder / "tensorboard") if logs_dir is not None else None}
     minutes = cfg.distributed.timeout_minutes
     launcher = JobLauncher(spec, api_client or kubernetes_api_client(),
-                           **{"timeout_s": minutes * 60 if minutes else None, **launcher_options})
-    result = launcher.run(training_job_name(run_id, task_name), request, request_path, Path(model.path))
-    if logs is not None and (folder / "tensorboard").is_dir():
-        shutil.copytree(folder / "tensorboard", logs.path, dirs_exist_ok=True)
+                           **{"timeout_s": minutes * 60 if minutes else None, **(launcher_options or {})})
+    result = launcher.run(training_job_name(run_id, task_name), request, request_path, Path(model_dir))
+    if logs_dir is not None and (folder / "tensorboard").is_dir():
+        shutil.copytree(folder / "tensorboard", logs_dir, dirs_exist_ok=True)
     return result.training_summary
 
 

@@ -26,6 +26,7 @@ FOLDER_FORMAT = "trainflow-supervised-model"
 FOLDER_FORMAT_VERSION = 1
 # Build arguments that live in ModelConfig; the rest are build_model's keyword arguments.
 _MODEL_CONFIG_KEYS = ("architecture", "hidden_sizes", "width", "dropout")
+SEGMENTATION_TASK_NAMES = frozenset({"segmentation"})  # format 1 folders recorded the task, not the output shape
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -73,7 +74,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_model_folder(folder: str | Path) -> tuple[SupervisedModel, dict[str, Any]]:
     """Rebuild the model saved in `folder` and load its weights; returns (model in eval mode, meta).
 
-    `meta` is what was saved, with `task` and `architecture` added when absent.
+    `meta` is what was saved (the exporting task names itself under `task`), with `architecture` added when absent.
     Raises MissingWeightsError naming a missing file, UserFacingError for a folder
     written by something else or weights that do not fit the saved architecture.
     """
@@ -97,7 +98,9 @@ def load_model_folder(folder: str | Path) -> tuple[SupervisedModel, dict[str, An
     try:
         build = dict(config["build"])
         cfg = ModelConfig(**{key: build.pop(key) for key in _MODEL_CONFIG_KEYS})
-        model = build_model(cfg, build.pop("task"), **build)
+        if "task" in build:  # folders written before the zoo took `per_pixel`: only segmentation was per pixel
+            build["per_pixel"] = build.pop("task") in SEGMENTATION_TASK_NAMES
+        model = build_model(cfg, **build)
     except (KeyError, TypeError, ValueError) as error:  # ValueError covers pydantic's ValidationError
         raise UserFacingError(f"{config_path} has an incomplete or invalid 'build' section ({error}); re-export the model") from error
     try:
@@ -107,6 +110,5 @@ def load_model_folder(folder: str | Path) -> tuple[SupervisedModel, dict[str, An
         raise UserFacingError(f"{root / WEIGHTS_FILE} does not match {config_path} ({type(error).__name__}: "
                               f"{reason}); re-export the model") from error
     meta = dict(config.get("meta") or {})
-    meta.setdefault("task", model.task)
     meta.setdefault("architecture", model.build_config["architecture"])
     return model.eval(), meta

@@ -21,7 +21,6 @@ from torch.nn import functional as F
 from trainflow.config.model import ModelConfig
 from trainflow.errors import ConfigError, MissingWeightsError, UserFacingError
 
-TASKS = ("classification", "regression", "segmentation")
 OWN_ARCHITECTURES = ("mlp", "small_cnn", "seg_cnn")
 
 
@@ -97,7 +96,7 @@ class SupervisedModel(nn.Module):
         super().__init__()
         self.network = network
         self.build_config = build_config
-        self.task: str = build_config["task"]
+        self.per_pixel: bool = build_config["per_pixel"]
         self.is_image_model = build_config["in_features"] is None
         self.resolution: int | None = build_config["resolution"]
         shape = (1, -1, 1, 1) if self.is_image_model else (1, -1)
@@ -120,15 +119,15 @@ class SupervisedModel(nn.Module):
             outputs = outputs["out"]
         elif hasattr(outputs, "logits"):  # inception_v3 / googlenet in train mode return auxiliary logits too
             outputs = outputs.logits
-        if resize and self.task == "segmentation":
+        if resize and self.per_pixel:
             outputs = F.interpolate(outputs, size=size, mode="bilinear", align_corners=False)
         return outputs
 
 
-def build_model(cfg: ModelConfig, task: str, *, in_channels: int = 3, in_features: int | None = None, num_outputs: int,
+def build_model(cfg: ModelConfig, *, per_pixel: bool = False, in_channels: int = 3, in_features: int | None = None, num_outputs: int,
                 resolution: int | None = None, input_mean: list[float] | None = None,
                 input_std: list[float] | None = None) -> SupervisedModel:
-    """Build `cfg.architecture` for `task` (classification, regression or segmentation).
+    """Build `cfg.architecture` with one output vector per record, or per pixel (`per_pixel`: segmentation).
 
     Tables: pass `in_features` (inputs (N, F)); images: `in_channels` (inputs (N, C, H, W) in [0, 1]),
     optionally `resolution` (inputs of another size are resized to it inside the model; segmentation
@@ -136,12 +135,10 @@ def build_model(cfg: ModelConfig, task: str, *, in_channels: int = 3, in_feature
     `input_mean`/`input_std` (one value per channel or feature) are applied inside the model; by
     default none, or the pretrained torchvision weights' own (ImageNet's). Returns a `SupervisedModel`
     whose output is logits (N, K), predictions (N, T) or per-pixel logits (N, K, H, W).
-    Raises ConfigError naming model.architecture for an unknown name or one that does not fit the task
+    Raises ConfigError naming model.architecture for an unknown name or one that does not fit the outputs
     or input kind, MissingWeightsError when pretrained weights are not on disk, UserFacingError when
     a weights file does not fit the architecture.
     """
-    if task not in TASKS:
-        raise UserFacingError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     name = cfg.architecture
     if not name:
         raise ConfigError("model.architecture: required for a supervised task; use mlp, small_cnn, seg_cnn or a torchvision model name")
@@ -151,9 +148,9 @@ def build_model(cfg: ModelConfig, task: str, *, in_channels: int = 3, in_feature
         if pretrained:
             field = "model.pretrained" if cfg.pretrained else "model.weights_path"
             raise ConfigError(f"{field}: pretrained weights apply to torchvision architectures only, not {name}")
-        network = _own_network(name, cfg, task, in_channels, in_features, num_outputs)
+        network = _own_network(name, cfg, per_pixel, in_channels, in_features, num_outputs)
     else:
-        network = _torchvision_network(name, cfg, task, in_channels, in_features, num_outputs)
+        network = _torchvision_network(name, cfg, per_pixel, in_channels, in_features, num_outputs)
         if pretrained:
             _load_pretrained(network, cfg, num_outputs)
             if input_mean is None and input_std is None:
@@ -169,33 +166,33 @@ def build_model(cfg: ModelConfig, task: str, *, in_channels: int = 3, in_feature
         raise UserFacingError(f"input normalisation needs {width} means and {width} positive standard deviations "
                               f"(one per {'feature' if in_features is not None else 'channel'}); got {mean} and {std}")
     build_config = {
-        "architecture": name, "task": task, "in_channels": in_channels, "in_features": in_features,
+        "architecture": name, "per_pixel": per_pixel, "in_channels": in_channels, "in_features": in_features,
         "num_outputs": num_outputs, "resolution": resolution, "input_mean": mean, "input_std": std,
         "hidden_sizes": list(cfg.hidden_sizes), "width": cfg.width, "dropout": cfg.dropout,
     }
     return SupervisedModel(network, build_config, mean, std)
 
 
-def _own_network(name: str, cfg: ModelConfig, task: str, in_channels: int, in_features: int | None,
+def _own_network(name: str, cfg: ModelConfig, per_pixel: bool, in_channels: int, in_features: int | None,
                  num_outputs: int) -> nn.Module:
     if name == "mlp":
         if in_features is None:
             raise ConfigError("model.architecture: mlp takes tables (feature columns), not images; use small_cnn or a torchvision model")
-        if task == "segmentation":
+        if per_pixel:
             raise ConfigError("model.architecture: mlp cannot segment; use seg_cnn or a torchvision segmentation model")
         return MLP(in_features, list(cfg.hidden_sizes), num_outputs, cfg.dropout)
     if in_features is not None:
         raise ConfigError(f"model.architecture: {name} takes images, not tables; use mlp for feature columns")
     if name == "small_cnn":
-        if task == "segmentation":
+        if per_pixel:
             raise ConfigError("model.architecture: small_cnn gives one output per image; use seg_cnn for segmentation")
         return SmallCNN(in_channels, num_outputs, cfg.width, cfg.dropout)
-    if task != "segmentation":
-        raise ConfigError(f"model.architecture: seg_cnn gives per-pixel logits; use small_cnn or mlp for {task}")
+    if not per_pixel:
+        raise ConfigError("model.architecture: seg_cnn gives per-pixel logits; use small_cnn or mlp for one output per record")
     return SegCNN(in_channels, num_outputs, cfg.width, cfg.dropout)
 
 
-def _torchvision_network(name: str, cfg: ModelConfig, task: str, in_channels: int, in_features: int | None,
+def _torchvision_network(name: str, cfg: ModelConfig, per_pixel: bool, in_channels: int, in_features: int | None,
                          num_outputs: int) -> nn.Module:
     classifiers = set(torchvision.models.list_models(module=torchvision.models))
     segmenters = set(torchvision.models.list_models(module=torchvision.models.segmentation))
@@ -209,10 +206,10 @@ def _torchvision_network(name: str, cfg: ModelConfig, task: str, in_channels: in
                           "trainflow takes classification or segmentation models")
     if in_features is not None:
         raise ConfigError(f"model.architecture: {name} takes images, not tables; use mlp for feature columns")
-    if (task == "segmentation") != (name in segmenters):
-        wanted = "a segmentation model such as fcn_resnet50 or seg_cnn" if task == "segmentation" \
-            else "a classification model such as resnet18 or small_cnn"
-        raise ConfigError(f"model.architecture: {name} does not fit a {task} task; use {wanted}")
+    if per_pixel != (name in segmenters):
+        wanted, outputs = (("a segmentation model such as fcn_resnet50 or seg_cnn", "per-pixel") if per_pixel
+                           else ("a classification model such as resnet18 or small_cnn", "one-per-record"))
+        raise ConfigError(f"model.architecture: {name} does not give the {outputs} outputs this task needs; use {wanted}")
     if in_channels not in (1, 3):
         raise ConfigError(f"model.architecture: {name} takes 1- or 3-channel images, not {in_channels}; use small_cnn or seg_cnn")
     if cfg.dropout:

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainflow.evaluation.paired import compare_arrays
-from trainflow.evaluation.record_outputs import (
-    ARGUMENTS, SUPERVISED_TASKS, check_same_records, load_record_outputs, metric_function, supervised_test_outputs,
-)
+from trainflow.evaluation.record_outputs import check_same_records, load_record_outputs
 from trainflow.config import Gate, RegisterConfig
 from trainflow.errors import UserFacingError
 from trainflow.registry.gates import ChampionEvidence
@@ -108,11 +106,12 @@ def champion_evidence(
 def _compare_with(version, gates: list[Gate], cfg: RegisterConfig, tracking_uri: str, task: str,
                   predictions_dir: str | None, cache_dir: str | None, seed: int) -> dict[str, dict[str, Any]]:
     from trainflow.devices import pick_device
-    from trainflow.tasks.supervised import load_supervised_model
+    from trainflow.tasks import get_task
 
-    if task not in SUPERVISED_TASKS:
-        raise UserFacingError(f"beat_champion compares per-record test outputs, which trainflow keeps for "
-                              f"{', '.join(SUPERVISED_TASKS)}, not {task}; use beat_base for text_to_image")
+    definition = get_task(task)
+    if not definition.compares_per_record:
+        raise UserFacingError(f"beat_champion compares per-record test outputs, which trainflow does not keep for "
+                              f"{task}; use beat_base, min or max")
     if not predictions_dir or not cache_dir:
         raise UserFacingError("the register stage received no predictions and cache inputs (wire the evaluate stage's "
                               "predictions and the build_cache stage's cache into register_model)")
@@ -124,14 +123,16 @@ def _compare_with(version, gates: list[Gate], cfg: RegisterConfig, tracking_uri:
         except Exception as error:  # any store failure means the same thing here: the champion cannot be fetched
             raise UserFacingError(f"the champion (version {version.version}) could not be downloaded from "
                                   f"{version.source}: {' '.join(str(error).split())[:300]}") from None
-        model, meta = load_supervised_model(folder)
-        names = meta["target_names"] if meta["task"] == "regression" else meta["class_names"]
-        if meta["task"] != candidate.task or list(names) != candidate.names:
-            raise UserFacingError(f"the champion (version {version.version}) is a {meta['task']} model over "
-                                  f"{list(names)}, the candidate a {candidate.task} model over {candidate.names}")
-        outputs, _ = supervised_test_outputs(model, meta, cache_dir, cfg.batch_size, pick_device(cfg.device))
-    champion = {**candidate.arrays("best"), ARGUMENTS[candidate.task][0]: outputs}  # same truth, the champion's outputs
-    metric_fn = metric_function(candidate.task, candidate.names)
+        try:
+            predictor = definition.load_for_prediction(folder)
+        except UserFacingError as error:
+            raise UserFacingError(f"the champion (version {version.version}) cannot be loaded as a {task} model: {error}") from None
+        if predictor.names != candidate.names:
+            raise UserFacingError(f"the champion (version {version.version}) is a {task} model over "
+                                  f"{predictor.names}, the candidate a {candidate.task} model over {candidate.names}")
+        outputs, _ = predictor.record_outputs(Path(cache_dir), cfg.batch_size, pick_device(cfg.device))
+    champion = candidate.arrays_of(outputs)  # same truth, the champion's outputs
+    metric_fn = definition.metric_function(candidate.names)
     results = {}
     for gate in gates:
         try:

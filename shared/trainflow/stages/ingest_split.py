@@ -15,7 +15,7 @@ from tqdm import tqdm
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_directory, atomic_write_json, atomic_write_text
 from trainflow.config import IngestConfig, check_task_fit, parse_section
-from trainflow.data.checks.check_data import check_and_read
+from trainflow.data.checks.checked_source import check_and_read
 from trainflow.data.sources.hdf5 import close_hdf5_files
 from trainflow.data.kfold_split import FoldPlan, assign_folds
 from trainflow.data.manifest import DATASET_INFO, FOLDS_FILE, REJECTED_FILE, SPLITS
@@ -26,7 +26,7 @@ from trainflow.data.checks.quarantine import (
 from trainflow.data.checks.record_validation import record_image, record_mask
 from trainflow.data.sources.read_source import IngestRecord, SourceData, image_limits
 from trainflow.data.split import assign_splits, effective_kind
-from trainflow.errors import ConfigError, UserFacingError
+from trainflow.errors import UserFacingError
 
 
 def resize_center_crop(image: Image.Image, resolution: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
@@ -67,10 +67,7 @@ def ingest_split(config: dict[str, Any], seed: int, dataset: ArtifactLike, repor
     ingest.max_bad_fraction of the records are rejected, or the usable records cannot fill every split.
     """
     cfg: IngestConfig = parse_section(IngestConfig, config, "the ingest section")
-    try:
-        check_task_fit(task, cfg, None, None)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    check_task_fit(task, cfg, None, None)
     try:
         with timed_stage("ingest_split", dataset, report):
             return _ingest(cfg, seed, dataset, report, task, model_base)

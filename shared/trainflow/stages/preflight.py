@@ -34,10 +34,7 @@ def _sections(task: str, sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
               "evaluate": EvaluateConfig, "score": ScoreConfig, "register": RegisterConfig}
     parsed = {name: parse_section(models[name], payload, f"the {name} section")
               for name, payload in sections.items() if payload is not None}
-    try:
-        check_task_fit(task, parsed.get("ingest"), parsed.get("model"), parsed.get("train"))
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    check_task_fit(task, parsed.get("ingest"), parsed.get("model"), parsed.get("train"))
     return parsed
 
 
@@ -175,10 +172,10 @@ def preflight(task: str, sections: dict[str, dict[str, Any] | None], report: Art
     with timed_stage("preflight", report):
         parsed = _sections(task, sections)
         findings = _check_data(parsed["ingest"], settings)
-        if task == "text_to_image":
+        # The task's own check (in _sections) has settled which model fields are set; check what they name.
+        if parsed["model"].base:
             findings += _check_base_model(parsed["model"], settings)
-        else:
-            findings += _check_supervised_weights(parsed["model"], settings)
+        findings += _check_supervised_weights(parsed["model"], settings)
         if "score" in parsed:
             findings += _check_score_weights(parsed["score"], settings)
         findings += _check_distributed(parsed["train"], settings, (platform or {}).get("image", ""), run_id)

@@ -1,20 +1,9 @@
 """Run a stage function from a component: a user error becomes one line and its own exit code.
 
-Exit codes, so that whoever reads them (a person, a PyTorchJob's ExitCode restart policy, a
-future KFP retry filter) can tell a user error from a crash:
-- USER_ERROR_EXIT_CODE (2): a UserFacingError (bad config, missing data or weights); retrying
-  cannot help. KFP 2.17's retry policy cannot filter on exit codes, so the pipelines also run a
-  cheap `preflight` task without retries before any task that retries (pipelines/pipeline_settings.py);
-- 1: any other exception, with its traceback (a bug, or an infrastructure failure);
-- CANCELLED_EXIT_CODE (143 = 128 + SIGTERM): the pod was told to stop (run cancelled, node
-  drained). SIGTERM is turned into SystemExit so `finally` blocks run: a launcher deletes its
-  training job, atomic writers remove their temporary folders.
-- PREEMPTED_EXIT_CODE (the same 143): SIGTERM while the training engine runs. The engine takes
-  SIGTERM over from this module for its loop (trainflow.training.preemption): it finishes the
-  optimizer step, writes a checkpoint within train.preemption.grace_seconds, then exits 143. It is
-  retriable: a KFP retry re-runs the step, a PyTorchJob's ExitCode policy restarts pods on
-  128-255, and either resumes from that checkpoint. Under torchrun the pod's own exit code is
-  torchrun's: it forwards SIGTERM to its workers, waits for them, and exits 1.
+The codes (trainflow.exit_codes): 2 for a UserFacingError (retrying cannot help), 1 for any other
+exception (with its traceback), 143 when SIGTERM stopped the stage (turned into SystemExit so
+`finally` blocks run: a launcher deletes its training job, atomic writers remove their temporary
+folders; the training engine takes SIGTERM over for its loop and checkpoints first).
 """
 
 from __future__ import annotations
@@ -25,10 +14,8 @@ import time
 from typing import Any, Callable
 
 from trainflow.errors import UserFacingError
+from trainflow.exit_codes import CANCELLED_EXIT_CODE, USER_ERROR_EXIT_CODE
 
-USER_ERROR_EXIT_CODE = 2
-CANCELLED_EXIT_CODE = 128 + signal.SIGTERM
-PREEMPTED_EXIT_CODE = CANCELLED_EXIT_CODE  # one "stopped by SIGTERM, retry me" code; see the docstring
 
 
 def _stop_on_sigterm(signum: int, _frame: Any) -> None:

@@ -1,135 +1,212 @@
-"""Classification, regression and segmentation on the supervised cache: one task class, three heads.
+"""What classification, regression and segmentation share: the supervised cache, a zoo model, one loss, a model folder.
 
-The model comes from the zoo (input normalisation inside it); the loss from
-tasks/losses.py. Regression trains on targets standardised with the train
-split's mean and std (so one learning rate fits any target scale); the model
-folder records them and `predict` maps outputs back to the target's units.
+Each of those tasks is its own module (trainflow.tasks.classification, .regression, .segmentation)
+with two small subclasses of what is here: a `SupervisedTraining` (the object the engine trains:
+its loss, its target, the sums its validation adds up) and a `SupervisedDefinition` (what the rest
+of trainflow asks: config fields, metrics, record outputs, the report section). The model comes
+from the zoo with input normalisation inside it, so an exported folder is self-contained.
 """
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from trainflow.config import LossConfig, ModelConfig
-from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig
-from trainflow.data.cache.supervised_cache import SupervisedCache, read_supervised_attrs
-from trainflow.models.model_folder import load_model_folder, save_model_folder
-from trainflow.models.zoo import build_model
-from trainflow.tasks.losses import classification_loss, regression_loss, segmentation_loss
+from trainflow.config import CacheConfig, IngestConfig, ModelConfig, TrainConfig
+from trainflow.config.training import DiffusionTrainingConfig, LossConfig
+from trainflow.errors import UserFacingError
+from trainflow.tasks.definition import TaskDefinition, TestRequest
 
 
-class SupervisedTask:
-    def __init__(self, name: str, cache_dir: Path, model_cfg: ModelConfig, loss_cfg: LossConfig, seed: int,
-                 transforms: TransformsConfig | None = None, loading: DataLoadingConfig | None = None) -> None:
+class SupervisedTraining(abc.ABC):
+    """The engine's view of a supervised task (see trainflow.training.task.Task)."""
+
+    per_pixel_outputs = False  # the zoo builds a per-pixel (segmentation) head instead of one output per record
+
+    def __init__(self, name: str, cache_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> None:
+        from trainflow.data.cache.supervised_cache import SupervisedCache, read_supervised_attrs
+
         self.name, self.cache_dir, self.model_cfg, self.seed = name, Path(cache_dir), model_cfg, seed
-        self.transforms, self.loading = transforms, loading
+        self.transforms, self.loading = train_cfg.transforms, train_cfg.data_loading
         self.info, self.stats = read_supervised_attrs(cache_dir)
         self.class_names = self.info.get("class_names") or []
         self.target_names = self.info.get("target_names") or []
-        self._train = SupervisedCache(cache_dir, "train", transforms, loading, seed)
-        if name == "classification":
-            self.loss = classification_loss(loss_cfg, self._train.arrays["labels"], len(self.class_names))
-        elif name == "regression":
-            self.loss = regression_loss(loss_cfg, len(self.target_names))
-            self.target_mean = torch.tensor(self.stats["target_mean"], dtype=torch.float32)
-            self.target_std = torch.tensor(self.stats["target_std"], dtype=torch.float32)
-        else:
-            counts = torch.tensor(self.stats.get("class_counts", []), dtype=torch.float64)
-            self.loss = segmentation_loss(loss_cfg, counts if counts.numel() else None, len(self.class_names))
+        self._train = SupervisedCache(cache_dir, "train", self.transforms, self.loading, seed)
+        self.loss = self.build_loss(train_cfg.loss)
+
+    # ------------------------------------------------------------ what each task fills in
+    @abc.abstractmethod
+    def build_loss(self, cfg: LossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training loss on (model outputs, target_of(batch))."""
+
+    @abc.abstractmethod
+    def target_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the loss compares the model's outputs with."""
+
+    @abc.abstractmethod
+    def validation_sums(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sums over the batch beside loss_sum and count (summed over batches and ranks by the engine)."""
+
+    @abc.abstractmethod
+    def validation_metrics(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The task's validation metrics (beside loss) from the summed totals."""
+
+    def num_outputs(self) -> int:
+        return len(self.class_names)
+
+    def export_meta(self) -> dict[str, Any]:
+        """Extra facts the model folder keeps for prediction (e.g. a regression's target scale)."""
+        return {}
 
     # ------------------------------------------------------------ model and data
     def build_model(self) -> nn.Module:
+        from trainflow.models.zoo import build_model
+
         image = self.info["kind"] == "image"
-        outputs = len(self.target_names) if self.name == "regression" else len(self.class_names)
         features = None if image else len(self.info["feature_names"])
         # The model resizes other inputs to its training size itself, so evaluation at the cache's size still fits.
         resolution = (self.transforms.resize if self.transforms and self.transforms.resize else None) or self.info.get("resolution")
-        return build_model(self.model_cfg, self.name, in_channels=3, in_features=features, num_outputs=outputs,
-                           resolution=resolution, input_mean=self.stats["input_mean"],
+        return build_model(self.model_cfg, per_pixel=self.per_pixel_outputs, in_channels=3, in_features=features,
+                           num_outputs=self.num_outputs(), resolution=resolution, input_mean=self.stats["input_mean"],
                            input_std=self.stats["input_std"])
 
-    def train_dataset(self) -> SupervisedCache:
+    def train_dataset(self):
         return self._train
 
-    def val_dataset(self) -> SupervisedCache:
+    def val_dataset(self):
+        from trainflow.data.cache.supervised_cache import SupervisedCache
+
         return SupervisedCache(self.cache_dir, "val", self.transforms, self.loading, self.seed)
 
     def learning_rates(self) -> dict[str, float]:
         return {}
 
-    def _standardised(self, targets: torch.Tensor) -> torch.Tensor:
-        return (targets - self.target_mean.to(targets.device)) / self.target_std.to(targets.device)
-
-    def _target_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.name == "classification":
-            return batch["label"]
-        if self.name == "regression":
-            return self._standardised(batch["targets"])
-        return batch["mask"]
-
     # ------------------------------------------------------------ steps
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss(model(batch["inputs"]).float(), self._target_of(batch))
+        return self.loss(model(batch["inputs"]).float(), self.target_of(batch))
 
     def validation_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outputs = model(batch["inputs"]).float()
         count = torch.tensor(float(len(outputs)), device=outputs.device)
-        totals = {"loss_sum": self.loss(outputs, self._target_of(batch)) * count, "count": count}
-        if self.name == "classification":
-            totals["correct"] = (outputs.argmax(1) == batch["label"]).sum().float()
-        elif self.name == "regression":
-            error = self.predict(outputs) - batch["targets"]
-            totals["squared_error_sum"] = (error ** 2).mean(1).sum()
-            totals["absolute_error_sum"] = error.abs().mean(1).sum()
-        else:
-            predicted, mask = outputs.argmax(1), batch["mask"]
-            classes = len(self.class_names)
-            totals["correct_pixels"] = (predicted == mask).sum().float()
-            totals["pixels"] = torch.tensor(float(mask.numel()), device=outputs.device)
-            one_hot_pred = nn.functional.one_hot(predicted, classes).flatten(0, -2).float()
-            one_hot_true = nn.functional.one_hot(mask, classes).flatten(0, -2).float()
-            totals["intersection"] = (one_hot_pred * one_hot_true).sum(0)
-            totals["union"] = one_hot_pred.sum(0) + one_hot_true.sum(0) - totals["intersection"]
+        totals = {"loss_sum": self.loss(outputs, self.target_of(batch)) * count, "count": count}
+        totals.update(self.validation_sums(outputs, batch))
         return totals
 
     def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
-        count = totals["count"]
-        metrics = {"loss": float(totals["loss_sum"] / count)}
-        if self.name == "classification":
-            metrics["accuracy"] = float(totals["correct"] / count)
-        elif self.name == "regression":
-            metrics["mse"] = float(totals["squared_error_sum"] / count)
-            metrics["mae"] = float(totals["absolute_error_sum"] / count)
-        else:
-            metrics["pixel_accuracy"] = float(totals["correct_pixels"] / totals["pixels"])
-            present = totals["union"] > 0  # classes absent from prediction and truth do not count
-            metrics["mean_iou"] = float((totals["intersection"][present] / totals["union"][present]).mean())
-        return metrics
-
-    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Regression outputs in the targets' units (the model predicts standardised targets)."""
-        return outputs * self.target_std.to(outputs.device) + self.target_mean.to(outputs.device)
+        return {"loss": float(totals["loss_sum"] / totals["count"]), **self.validation_metrics(totals)}
 
     # ------------------------------------------------------------ export
     def export(self, model: nn.Module, folder: Path) -> None:
+        from trainflow.models.model_folder import save_model_folder
+
         meta: dict[str, Any] = {"task": self.name, "kind": self.info["kind"], "class_names": self.class_names,
                                 "target_names": self.target_names, "feature_names": self.info.get("feature_names")}
-        if self.name == "regression":
-            meta["target_mean"], meta["target_std"] = self.stats["target_mean"], self.stats["target_std"]
-        save_model_folder(model, folder, meta)
+        save_model_folder(model, folder, {**meta, **self.export_meta()})
 
 
-def load_supervised_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    return load_model_folder(folder)
+class SupervisedPredictor:
+    """A supervised model folder loaded back: `predict` for any inputs, `record_outputs` on a cache's test split."""
+
+    def __init__(self, definition: "SupervisedDefinition", model: nn.Module, meta: dict[str, Any]) -> None:
+        self.definition, self.model, self.meta = definition, model, meta
+        self.task = definition.name
+        self.names = list(meta.get(definition.names_key) or [])
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """What a person reads: class probabilities, targets in their units, or per-pixel class probabilities."""
+        return self.definition.readable_outputs(self.model(inputs).float(), self.meta)
+
+    @torch.no_grad()
+    def record_outputs(self, cache_dir: Path, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs, truth) on the cache's test split in record order; UserFacingError when the split is empty."""
+        from trainflow.data.cache.supervised_cache import SupervisedCache
+
+        test_set = SupervisedCache(cache_dir, "test")
+        if len(test_set) == 0:
+            raise UserFacingError("the test split is empty; ingest more records or change ingest.split")
+        self.model = self.model.to(device).eval()
+        outputs, truths = [], []
+        for batch in DataLoader(test_set, batch_size=batch_size, shuffle=False):
+            readable = self.predict(batch["inputs"].to(device)).cpu()
+            outputs.append(self.definition.stored_output(readable))
+            truths.append(batch[self.definition.truth_key])
+        return torch.cat(outputs), self.definition.stored_truth(torch.cat(truths))
 
 
-def model_outputs(model: nn.Module, meta: dict[str, Any], inputs: torch.Tensor) -> torch.Tensor:
-    """What a person reads: class probabilities, targets in their units, or per-pixel class probabilities."""
-    outputs = model(inputs).float()
-    if meta["task"] == "regression":
-        return outputs * torch.tensor(meta["target_std"]) + torch.tensor(meta["target_mean"])
-    return outputs.softmax(1)
+class SupervisedDefinition(TaskDefinition):
+    """What the three supervised tasks share; each sets the class attributes and the small methods below."""
+
+    pipeline = "supervised"
+    compares_per_record = True
+    training_class: type[SupervisedTraining]
+    truth_key: str  # the cache batch's ground truth: label, targets or mask
+    names_key: str  # the model folder's names of its outputs: class_names or target_names
+
+    # ------------------------------------------------------------ what each task fills in
+    @abc.abstractmethod
+    def check_ingest(self, ingest: IngestConfig) -> None:
+        """ValueError naming the ingest field this task needs and that is missing."""
+
+    @abc.abstractmethod
+    def readable_outputs(self, outputs: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+        """The model's raw outputs as a person reads them (probabilities, values in the targets' units)."""
+
+    def stored_output(self, readable: torch.Tensor) -> torch.Tensor:
+        """What the per-record outputs keep of `readable` (default: float64 values)."""
+        return readable.double()
+
+    def stored_truth(self, truth: torch.Tensor) -> torch.Tensor:
+        return truth
+
+    # ------------------------------------------------------------ the interface
+    def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
+        if model is not None and not model.architecture:
+            raise ValueError(f"model.architecture: task {self.name} needs an architecture (small_cnn, mlp, seg_cnn, resnet18, ...)")
+        if ingest is not None:
+            self.check_ingest(ingest)
+        super().check_config(ingest, model, train)
+        if train is not None and train.diffusion != DiffusionTrainingConfig():
+            raise ValueError(f"train.diffusion: these options apply to text_to_image only, not {self.name}")
+
+    def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: ModelConfig, cache_cfg: CacheConfig) -> dict[str, Any]:
+        from trainflow.data.cache.supervised_cache import build_supervised_cache
+
+        # Keyed by dataset and settings: reused from cache.cache_root when they match, resumed when a build was killed.
+        return build_supervised_cache(dataset_dir, cache_dir, cache_cfg)
+
+    def training_task(self, cache_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> SupervisedTraining:
+        return self.training_class(self.name, cache_dir, model_cfg, train_cfg, seed)
+
+    def load_for_prediction(self, folder: Path) -> SupervisedPredictor:
+        """The model folder loaded back; UserFacingError when it holds another task's model."""
+        from trainflow.models.model_folder import load_model_folder
+
+        model, meta = load_model_folder(folder)
+        if meta.get("task") != self.name:
+            raise UserFacingError(f"{folder} holds a {meta.get('task')} model, not a {self.name} model")
+        return SupervisedPredictor(self, model, meta)
+
+    def test_outputs(self, request: TestRequest):
+        from trainflow.data.cache.attrs import read_cache_dataset_hash
+        from trainflow.evaluation.checkpoint_models import load_checkpoint_weights
+        from trainflow.evaluation.record_outputs import RecordOutputs, test_record_ids
+
+        predictor = self.load_for_prediction(request.model_dir)
+        batch_size, last = request.evaluate_cfg.batch_size, request.last
+        best, truth = predictor.record_outputs(request.cache_dir, batch_size, request.device)
+        outputs = {"best": best}
+        if last.checkpoint is not None:
+            try:
+                rebuilt = self.load_for_prediction(request.model_dir)
+                rebuilt.model = load_checkpoint_weights(rebuilt.model, last.checkpoint)
+                outputs["last"] = rebuilt.record_outputs(request.cache_dir, batch_size, request.device)[0]
+            except ValueError as error:
+                last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
+        return RecordOutputs(self.name, predictor.names, truth, outputs, test_record_ids(request.cache_dir),
+                             read_cache_dataset_hash(request.cache_dir))

@@ -11,22 +11,17 @@ LoRA through peft, gradient checkpointing, text-encoder training.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from torch import nn
-from torch.utils.data import default_collate
-from transformers import CLIPTextModel
 
 from trainflow.config import DiffusionTrainingConfig
-from trainflow.diffusion.denoising_loss import (
-    check_prediction_type, diffusion_target, fixed_noise_record_losses, per_record_loss,
-)
-from trainflow.data.cache.latent_cache import (
-    CachedLatents, read_cache_attrs, read_uncond_embedding, read_uncond_input_ids, sample_latents,
-)
-from trainflow.diffusion.lora import LORA_WEIGHTS_FILE, add_lora, merged_unet_folder, save_lora_adapter
-from trainflow.diffusion.model_loading import copy_pipeline_parts
+from trainflow.tasks.definition import MetricSpec, RecordNeeds, Reference, TaskDefinition, TestRequest
+
+if TYPE_CHECKING:  # diffusers and transformers load in seconds: only when a model is built, not to read a config
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
 VALIDATION_SEED_OFFSET = 1_000_003  # validation noise differs from the test split's, fixed per record
 # Validation sample grids show progress, not final quality: a few deterministic DDIM steps keep them cheap.
@@ -53,6 +48,11 @@ class TextToImageTask:
     name = "text_to_image"
 
     def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int) -> None:
+        from diffusers import DDPMScheduler
+
+        from trainflow.data.cache.latent_cache import read_cache_attrs, read_uncond_embedding, read_uncond_input_ids
+        from trainflow.diffusion.denoising_loss import check_prediction_type
+
         self.base_folder, self.cache_dir, self.cfg, self.seed = Path(base_folder), Path(cache_dir), cfg, seed
         self.scaling_factor = float(read_cache_attrs(cache_dir)["scaling_factor"])
         self.uncond_text = read_uncond_embedding(cache_dir)
@@ -64,6 +64,11 @@ class TextToImageTask:
 
     # ------------------------------------------------------------ model and data
     def build_model(self) -> DiffusionModel:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        from trainflow.diffusion.lora import add_lora
+
         unet = UNet2DConditionModel.from_pretrained(self.base_folder / "unet")
         text_encoder = CLIPTextModel.from_pretrained(self.base_folder / "text_encoder") if self.cfg.train_text_encoder else None
         if self.cfg.gradient_checkpointing:
@@ -75,10 +80,14 @@ class TextToImageTask:
         model = DiffusionModel(unet, text_encoder)
         return model.train()
 
-    def train_dataset(self) -> CachedLatents:
+    def train_dataset(self):
+        from trainflow.data.cache.latent_cache import CachedLatents
+
         return CachedLatents(self.cache_dir, "train")
 
-    def val_dataset(self) -> CachedLatents:
+    def val_dataset(self):
+        from trainflow.data.cache.latent_cache import CachedLatents
+
         return CachedLatents(self.cache_dir, "val")
 
     def learning_rates(self) -> dict[str, float]:
@@ -88,6 +97,9 @@ class TextToImageTask:
 
     # ------------------------------------------------------------ steps
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from trainflow.data.cache.latent_cache import sample_latents
+        from trainflow.diffusion.denoising_loss import diffusion_target, per_record_loss
+
         cfg, scheduler = self.cfg, self.noise_scheduler
         moments = batch["moments"]
         size = moments.shape[0]
@@ -108,6 +120,8 @@ class TextToImageTask:
         return per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma).mean()
 
     def validation_step(self, model: DiffusionModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
+
         states = model.encoder_states(batch["text"], batch["input_ids"])
         losses = fixed_noise_record_losses(model.unet, self.noise_scheduler, batch["moments"], states, batch["index"],
                                            self.scaling_factor, self.seed + VALIDATION_SEED_OFFSET)
@@ -124,6 +138,9 @@ class TextToImageTask:
         grids differ only by training. Draws nothing from the global generator. The VAE is
         loaded on the first call, so runs without sample images never load it.
         """
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+        from torch.utils.data import default_collate
+
         if self._sample_records is None or self._sample_records[0] != count:
             records = self.val_dataset()
             self._sample_records = (count, default_collate([records[i] for i in range(min(count, len(records)))]))
@@ -150,6 +167,9 @@ class TextToImageTask:
     # ------------------------------------------------------------ export
     def export(self, model: DiffusionModel, folder: Path) -> None:
         """A complete diffusers pipeline folder: the base's parts plus what training changed."""
+        from trainflow.diffusion.lora import merged_unet_folder, save_lora_adapter
+        from trainflow.diffusion.model_loading import copy_pipeline_parts
+
         folder = Path(folder)
         trained_text = model.text_encoder is not None
         if self.cfg.lora is not None and not self.cfg.lora.merge:
@@ -166,5 +186,176 @@ class TextToImageTask:
             model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
 
 
-def has_lora_adapter(model_folder: Path) -> bool:
-    return (Path(model_folder) / LORA_WEIGHTS_FILE).is_file()
+
+# ================================================================ the task definition
+TEST_SEED_OFFSET = 2_000_003  # test noise differs from validation's, fixed per record, the same for every model
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The training run's precision, so test losses are measured as validation losses were."""
+    import contextlib
+
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def mean_test_loss(test_loss: torch.Tensor) -> dict[str, Any]:
+    """The metric over records: the mean per-record denoising loss (what the test_loss scalar is)."""
+    return {"test_loss": float(test_loss.double().mean())}
+
+
+class TextToImagePredictor:
+    """A text-to-image model folder loaded back: images for prompts, or per-record test losses on a latent cache."""
+
+    task = "text_to_image"
+    names: list[str] = []
+
+    def __init__(self, folder: Path, precision: str = "no", seed: int = 0) -> None:
+        self.folder, self.precision, self.seed = Path(folder), precision, seed
+
+    @torch.no_grad()
+    def predict(self, prompts: list[str], resolution: int = 512, steps: int = 30, guidance_scale: float = 7.5,
+                seed: int = 0, sampler: str = "dpm_solver", device: torch.device | None = None) -> torch.Tensor:
+        """Float images in [0, 1], (N, 3, H, W); image i uses seed + i."""
+        from trainflow.devices import pick_device
+        from trainflow.diffusion.generation import generate_images, load_generation_pipeline
+
+        pipe = load_generation_pipeline(self.folder, sampler, device or pick_device("auto"))
+        return generate_images(pipe, prompts, resolution, steps, guidance_scale, len(prompts) or 1, seed)
+
+    def record_outputs(self, cache_dir: Path, batch_size: int, device: torch.device) -> tuple[torch.Tensor, None]:
+        from trainflow.diffusion.model_loading import load_trained_parts
+
+        return test_losses(*load_trained_parts(self.folder), Path(cache_dir), self.folder, batch_size, device,
+                           self.precision, self.seed), None
+
+
+@torch.no_grad()
+def test_losses(unet, text_encoder, cache_dir: Path, scheduler_folder: Path, batch_size: int, device: torch.device,
+                precision: str, seed: int) -> torch.Tensor:
+    """Per-record test loss with the noise and timestep fixed by each record's index, identical for every model."""
+    from diffusers import DDPMScheduler
+    from torch.utils.data import DataLoader
+
+    from trainflow.data.cache.latent_cache import CachedLatents, read_cache_attrs
+    from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
+    from trainflow.errors import UserFacingError
+
+    test_set = CachedLatents(cache_dir, "test")
+    if len(test_set) == 0:
+        raise UserFacingError("the test split is empty; ingest more records or change ingest.split")
+    scaling = float(read_cache_attrs(cache_dir)["scaling_factor"])
+    scheduler = DDPMScheduler.from_pretrained(Path(scheduler_folder) / "scheduler")
+    unet, text_encoder = unet.to(device).eval(), text_encoder.to(device).eval() if text_encoder is not None else None
+    losses = []
+    with autocast_for(precision, device):
+        for batch in DataLoader(test_set, batch_size=batch_size, shuffle=False):
+            text = text_encoder(batch["input_ids"].to(device))[0] if text_encoder is not None else batch["text"].to(device)
+            losses.append(fixed_noise_record_losses(unet, scheduler, batch["moments"].to(device), text, batch["index"],
+                                                    scaling, seed + TEST_SEED_OFFSET).double().cpu())
+    return torch.cat(losses)
+
+
+class TextToImageDefinition(TaskDefinition):
+    name = "text_to_image"
+    description = "fine-tune a Stable-Diffusion-architecture model on captioned images"
+    pipeline = "text-to-image"
+    validation_metrics = ("val_loss",)
+    headline_metrics = (MetricSpec("test_loss", "test denoising loss"),)
+    summary_metrics = (
+        MetricSpec("test_loss", "test denoising loss"),
+        MetricSpec("fid", "FID ({fid_features} features)"),
+        MetricSpec("kid", "KID (same features)"),
+        MetricSpec("prompt_accuracy", "prompt accuracy"),
+        MetricSpec("clip_score", "CLIP score"),
+        MetricSpec("lpips", "LPIPS to the test image"),
+        MetricSpec("lpips_diversity", "LPIPS diversity"),
+    )
+    output_names = ("test_loss", None)
+    record_needs = RecordNeeds(required=frozenset({"caption"}), counts_caption_tokens=True)
+    reference = Reference("base model", "base_", source="base", column="base")
+    trained_label = "fine-tuned"
+    generates_images = True
+
+    def check_config(self, ingest, model, train) -> None:
+        from trainflow.config import LossConfig
+        from trainflow.config.data_loading import TransformsConfig
+
+        if model is not None and not model.base:
+            raise ValueError("model.base: text_to_image needs a base diffusers pipeline (folder or hub id)")
+        if ingest is not None and not (ingest.dataset_dir or ingest.table or ingest.hdf5):
+            raise ValueError("ingest.dataset_dir: text_to_image needs images with captions (an image folder, "
+                             "a table with an image column, or an HDF5 file)")
+        super().check_config(ingest, model, train)
+        if train is not None and train.transforms != TransformsConfig():
+            raise ValueError("train.transforms: text_to_image trains on cached latents, which pixel transforms cannot "
+                             "reach; augment before caching (see README, Data loading)")
+        if train is not None and train.loss != LossConfig():
+            raise ValueError("train.loss: text_to_image trains on the denoising objective; set diffusion options under train.diffusion")
+
+    def local_paths(self, config) -> dict[str, str]:
+        score, paths = config.score, {}
+        if score.fid_features.kind == "classifier" and score.fid_features.path:
+            paths["score.fid_features.path"] = score.fid_features.path
+        if score.prompt_classifier:
+            paths["score.prompt_classifier"] = score.prompt_classifier
+        return paths
+
+    def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg, cache_cfg) -> dict[str, Any]:
+        from trainflow.data.cache.latent_cache_build import build_latent_cache
+        from trainflow.devices import pick_device
+
+        # Keyed by dataset, encoders and dtype: reused from cache.cache_root, resumed shard by shard when killed.
+        return build_latent_cache(dataset_dir, cache_dir, model_cfg, cache_cfg, pick_device(cache_cfg.device))
+
+    def training_task(self, cache_dir: Path, model_cfg, train_cfg, seed: int) -> TextToImageTask:
+        from trainflow.diffusion.model_loading import resolve_pipeline_folder
+
+        return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion, seed)
+
+    def test_outputs(self, request: TestRequest):
+        """Per-record test losses of the fine-tuned (best) model, the base model and the last checkpoint."""
+        from trainflow.config import TrainConfig, parse_section
+        from trainflow.data.cache.attrs import read_cache_dataset_hash
+        from trainflow.diffusion.model_loading import load_trained_parts, resolve_pipeline_folder
+        from trainflow.evaluation.checkpoint_models import load_checkpoint_weights
+        from trainflow.evaluation.record_outputs import RecordOutputs, test_record_ids
+
+        cache_dir, model_dir, last = Path(request.cache_dir), Path(request.model_dir), request.last
+        precision = request.record.get("mixed_precision", "no")
+
+        def losses(unet, text_encoder) -> torch.Tensor:
+            return test_losses(unet, text_encoder, cache_dir, model_dir, request.evaluate_cfg.batch_size, request.device,
+                               precision, request.seed)
+
+        base = resolve_pipeline_folder(request.model_cfg.base, request.model_cfg.revision)
+        outputs = {"best": losses(*load_trained_parts(model_dir)), "base": losses(*load_trained_parts(base))}
+        if last.checkpoint is not None:
+            train_cfg = parse_section(TrainConfig, request.record["train_config"], "the training record's train section")
+            try:
+                model = load_checkpoint_weights(
+                    self.training_task(cache_dir, request.model_cfg, train_cfg, request.seed).build_model(), last.checkpoint)
+                outputs["last"] = losses(model.unet, model.text_encoder)
+            except ValueError as error:
+                last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
+        return RecordOutputs(self.name, [], None, outputs, test_record_ids(cache_dir), read_cache_dataset_hash(cache_dir))
+
+    def metric_function(self, names: list[str]):
+        return mean_test_loss
+
+    def report_section(self, scored, results: dict[str, Any]) -> str:
+        from trainflow.report.evaluation_sections import text_to_image_section
+
+        return text_to_image_section(results)
+
+    def load_for_prediction(self, folder: Path) -> TextToImagePredictor:
+        from trainflow.errors import UserFacingError
+
+        if not (Path(folder) / "model_index.json").is_file():
+            raise UserFacingError(f"{folder} is not a text-to-image model folder (no model_index.json); point at the "
+                                  "train stage's model output or a registered text-to-image version")
+        return TextToImagePredictor(folder)
+
+
+TASK = TextToImageDefinition()

@@ -8,7 +8,7 @@ optimizer-step boundary, so no step is left half done:
             -> a checkpoint of that step, if the last checkpoint's write time fits in what is left of
                train.preemption.grace_seconds (a write cut off by SIGKILL would be lost anyway; the
                previous checkpoint stays, since writes are atomic)
-            -> raise TrainingPreempted: SystemExit(143), which `trainflow.stages.runner` documents as
+            -> raise TrainingPreempted: SystemExit(143), which `trainflow.exit_codes` documents as
                retriable; the retried run resumes from that checkpoint exactly.
 
 Under torchrun the ranks must stop at the same step (a rank that stops alone would leave the
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from trainflow.config.training import PreemptionConfig
-from trainflow.stages.runner import PREEMPTED_EXIT_CODE
+from trainflow.exit_codes import PREEMPTED_EXIT_CODE
 from trainflow.training import distributed as dist_env
 
 

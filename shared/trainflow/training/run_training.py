@@ -1,7 +1,9 @@
-"""Train one task from a cache into a model folder: what the train stage and `trainflow train-worker` share.
+"""Train a task object from a cache into a model folder: the engine run that every training process makes.
 
-The request is plain JSON (it travels to PyTorchJob/TrainJob pods as a file on
-the shared workspace). Every process runs this; only rank 0 writes the model.
+The request is plain JSON (it travels to PyTorchJob/TrainJob pods as a file on the shared
+workspace). `train_and_export` takes the task object the engine trains (built by the caller from
+the task registry, see trainflow.stages.train.train_from_request), so nothing here knows a task.
+Every process runs it; only rank 0 writes the model.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import Any
 from pydantic import Field
 
 from trainflow.atomic_files import atomic_directory, atomic_write_json
-from trainflow.config import ModelConfig, TrainConfig, check_task_fit, parse_section, section_payload
+from trainflow.config import ModelConfig, TrainConfig, section_payload
 from trainflow.config.schema_base import Section
-from trainflow.errors import ConfigError
 from trainflow.training.engine import Trainer, TrainingOutcome, ValidationHook
 from trainflow.training.run_identity import RunIdentity
+from trainflow.training.task import Task
 
 TRAINING_RECORD = "trainflow_training.json"
 
@@ -39,21 +41,14 @@ def read_dataset_hash(cache_dir: Path) -> str:
     return read_cache_dataset_hash(cache_dir)
 
 
-def run_training(request: TrainRequest, validation_hook: ValidationHook | None = None) -> dict[str, Any]:
-    """Train, export the best checkpoint to request.output_dir (rank 0), return the summary facts.
+def train_and_export(task: Task, request: TrainRequest, cfg: TrainConfig, model_cfg: ModelConfig,
+                     validation_hook: ValidationHook | None = None) -> dict[str, Any]:
+    """Train `task` (the object the engine trains), export the best checkpoint to request.output_dir (rank 0).
 
+    cfg and model_cfg are the request's sections, validated. Returns the summary facts.
     validation_hook: see `trainflow.training.engine.ValidationHook` (a tuning trial reports and is pruned there).
     """
-    from trainflow.tasks import build_task
-
-    cfg: TrainConfig = parse_section(TrainConfig, request.train_config, "the train section")
-    model_cfg: ModelConfig = parse_section(ModelConfig, request.model_config_section, "the model section")
-    try:
-        check_task_fit(request.task, None, model_cfg, cfg)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
     cache_dir = Path(request.cache_dir)
-    task = build_task(request.task, cache_dir, model_cfg, cfg, request.seed)
     identity = RunIdentity.build(request.task, request.seed, section_payload(model_cfg), section_payload(cfg),
                                  read_dataset_hash(cache_dir))
     trainer = Trainer(task, cfg, Path(request.checkpoint_dir), request.seed, identity,

@@ -73,9 +73,9 @@ class IngestRecord:
 
 @dataclasses.dataclass(frozen=True)
 class RecordRules:
-    """What a record must satisfy, from the task and the ingest config."""
+    """What a record must satisfy, from the task's needs (trainflow.tasks: RecordNeeds) and the ingest config."""
 
-    task: str
+    required: frozenset[str]  # fields a record is rejected without: caption, label, targets, mask
     kind: str  # "image" (every record has an image) or "table"
     limits: ImageLimits
     root: Path | None = None  # dataset root that every path must stay inside
@@ -136,7 +136,7 @@ def _text_key(value: Any, rule: str, what: str) -> str:
 
 
 def _caption(value: Any, rules: RecordRules) -> str | None:
-    if rules.task != "text_to_image":
+    if "caption" not in rules.required:
         return value.strip() if isinstance(value, str) and value.strip() else None
     if _is_missing(value):
         raise RecordRejected("caption_missing", "caption is missing")
@@ -151,7 +151,7 @@ def _caption(value: Any, rules: RecordRules) -> str | None:
 
 def _label(value: Any, rules: RecordRules) -> int | None:
     if _is_missing(value):
-        if rules.task == "classification":
+        if "label" in rules.required:
             raise RecordRejected("label_missing", f"no '{rules.label_column}' value")
         return None
     names = rules.class_names
@@ -212,7 +212,7 @@ def _mask(candidate: CandidateRecord, rules: RecordRules, image_size: tuple[int,
         assert rules.root is not None and candidate.base_dir is not None
         path = resolve_inside_root(candidate.mask, candidate.base_dir, rules.root, "mask")
         ids = decode_mask_file(path, rules.limits)
-    elif rules.task == "segmentation":
+    elif "mask" in rules.required:
         raise RecordRejected("mask_missing", "no mask for this image")
     else:
         return None, None

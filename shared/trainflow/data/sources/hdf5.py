@@ -22,6 +22,7 @@ import numpy as np
 
 from trainflow.config import IngestConfig
 from trainflow.data.checks.record_validation import CandidateRecord
+from trainflow.data.sources.candidates import SourceCandidates
 from trainflow.errors import UserFacingError
 
 _OPEN_FILES: dict[Path, h5py.File] = {}
@@ -49,14 +50,6 @@ class Hdf5Row:
 
     def read(self) -> np.ndarray:
         return np.asarray(_open(self.path)[self.dataset][self.index])
-
-
-@dataclasses.dataclass
-class Hdf5Candidates:
-    candidates: list[CandidateRecord]
-    kind: str  # "image" or "table"
-    feature_names: list[str] | None
-    target_names: list[str] | None
 
 
 def _dataset(handle: h5py.File, path: Path, name: str, length: int | None) -> h5py.Dataset:
@@ -109,7 +102,7 @@ def _image_dataset(handle: h5py.File, path: Path, name: str) -> h5py.Dataset:
     return images
 
 
-def hdf5_candidates(cfg: IngestConfig) -> Hdf5Candidates:
+def hdf5_candidates(cfg: IngestConfig) -> SourceCandidates:
     """The file's rows as candidates. Raises UserFacingError for a missing/unreadable file or dataset."""
     path = Path(cfg.hdf5 or "").expanduser().resolve()
     if not path.is_file():
@@ -145,4 +138,5 @@ def hdf5_candidates(cfg: IngestConfig) -> Hdf5Candidates:
             features=features[index] if features is not None else None,
             **{field: values[index] for field, values in optional.items()},
         ))
-    return Hdf5Candidates(candidates, "image" if images is not None else "table", feature_names, target_names)
+    return SourceCandidates(candidates, "image" if images is not None else "table", target_names=target_names,
+                            feature_names=feature_names)

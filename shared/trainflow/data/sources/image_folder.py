@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from trainflow.config import IngestConfig
 from trainflow.data.checks.quarantine import RejectedRecord
 from trainflow.data.checks.record_validation import CandidateRecord
+from trainflow.data.sources.candidates import SourceCandidates
 from trainflow.errors import UserFacingError
 
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -100,8 +101,8 @@ def _split_folder_candidates(root: Path, rejected: list[RejectedRecord]) -> Iter
             )
 
 
-def folder_candidates(cfg: IngestConfig) -> tuple[Path, list[CandidateRecord], list[RejectedRecord]]:
-    """(resolved dataset root, candidate records, lines rejected before any check).
+def folder_candidates(cfg: IngestConfig) -> SourceCandidates:
+    """The image folder's records, rooted at the resolved dataset root, with the lines rejected before any check.
 
     Raises UserFacingError when the folder is missing or holds no metadata at all.
     """
@@ -116,4 +117,4 @@ def folder_candidates(cfg: IngestConfig) -> tuple[Path, list[CandidateRecord], l
             f"no metadata.jsonl or <split>/captions.json found under {root}; "
             "write one (see README: 'Use your own data')"
         )
-    return root, candidates, rejected
+    return SourceCandidates(candidates, "image", root, rejected, target_names=cfg.target_columns)

@@ -1,8 +1,8 @@
-"""Every input format behind one function: `read_source(ingest_config, task)` -> checked records + facts.
+"""Every input format behind one function: `read_source(ingest_config, needs)` -> checked records + facts.
 
 Sources: an image folder (imagefolder + metadata.jsonl, or per-split folders with captions.json), a table
 (CSV / JSONL / Parquet: image paths or feature rows), an HDF5 file (image or feature datasets), and
-scikit-learn's bundled datasets. Each source turns its rows into CandidateRecords; every candidate then goes
+scikit-learn's bundled datasets. Each source turns its rows into one SourceCandidates (candidates.py); every candidate then goes
 through the same checks (trainflow.data.checks.record_validation), duplicates by id and by content are removed, and
 class names are settled. A record that cannot be used is returned as a RejectedRecord with its reason; nothing
 a record holds may stop ingest.
@@ -11,7 +11,6 @@ a record holds may stop ingest.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -20,10 +19,12 @@ from trainflow.data.checks.caption_tokens import CaptionTokenCounter, long_capti
 from trainflow.data.sources.hdf5 import hdf5_candidates
 from trainflow.data.checks.image_decoding import ImageLimits
 from trainflow.data.checks.quarantine import DataWarning, RejectedRecord
-from trainflow.data.checks.record_validation import CandidateRecord, IngestRecord, RecordRules, validate_record
+from trainflow.data.checks.record_validation import IngestRecord, RecordRules, validate_record
+from trainflow.data.sources.candidates import SourceCandidates
 from trainflow.data.sources.image_folder import folder_candidates
 from trainflow.data.sources.sklearn_bundled import sklearn_candidates
 from trainflow.data.sources.table import table_candidates
+from trainflow.tasks.definition import RecordNeeds
 
 __all__ = ["IngestRecord", "SourceData", "read_source", "image_limits"]
 
@@ -39,44 +40,26 @@ class SourceData:
     warnings: list[DataWarning] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass
-class _Candidates:
-    candidates: list[CandidateRecord]
-    rejected: list[RejectedRecord]
-    kind: str
-    root: Path | None = None
-    class_names: list[str] | None = None
-    labels_are_names: bool = False
-    target_names: list[str] | None = None
-    feature_names: list[str] | None = None
-
-
 def image_limits(cfg: IngestConfig) -> ImageLimits:
     return ImageLimits(max_pixels=cfg.max_image_pixels, min_size=cfg.min_image_size)
 
 
-def _candidates(cfg: IngestConfig, task: str) -> _Candidates:
+def _candidates(cfg: IngestConfig, needs: RecordNeeds) -> SourceCandidates:
     if cfg.sklearn_dataset:
-        bundled = sklearn_candidates(cfg.sklearn_dataset, task)
-        return _Candidates(bundled.candidates, [], bundled.kind, None, bundled.class_names, False,
-                           bundled.target_names, bundled.feature_names)
+        return sklearn_candidates(cfg.sklearn_dataset, with_masks="mask" in needs.required)
     if cfg.table:
-        table = table_candidates(cfg)
-        return _Candidates(table.candidates, table.rejected, table.kind, table.root, table.class_names, True,
-                           cfg.target_columns, table.feature_names)
+        return table_candidates(cfg)
     if cfg.hdf5:
-        stored = hdf5_candidates(cfg)
-        return _Candidates(stored.candidates, [], stored.kind, None, None, False, stored.target_names, stored.feature_names)
-    root, candidates, rejected = folder_candidates(cfg)
-    return _Candidates(candidates, rejected, "image", root, None, False, cfg.target_columns)
+        return hdf5_candidates(cfg)
+    return folder_candidates(cfg)
 
 
-def _rules(cfg: IngestConfig, task: str, found: _Candidates) -> RecordRules:
+def _rules(cfg: IngestConfig, needs: RecordNeeds, found: SourceCandidates) -> RecordRules:
     names = list(cfg.class_names) if cfg.class_names is not None else found.class_names
     return RecordRules(
-        task=task, kind=found.kind, limits=image_limits(cfg), root=found.root,
-        class_names=tuple(names) if names is not None and task != "segmentation" else None,
-        mask_classes=len(names) if names is not None and task == "segmentation" else None,
+        required=needs.required, kind=found.kind, limits=image_limits(cfg), root=found.root,
+        class_names=tuple(names) if names is not None and needs.classes_of != "masks" else None,
+        mask_classes=len(names) if names is not None and needs.classes_of == "masks" else None,
         labels_are_names=found.labels_are_names, label_column=cfg.label_column,
         target_columns=tuple(found.target_names or ()), group_column=cfg.group_column,
     )
@@ -106,29 +89,30 @@ def drop_duplicates(records: list[IngestRecord], sources: dict[int, str]) -> tup
     return sorted(by_content.values(), key=lambda r: r.record_id), rejected
 
 
-def _settled_class_names(cfg: IngestConfig, task: str, found: _Candidates, records: list[IngestRecord]) -> list[str] | None:
+def _settled_class_names(cfg: IngestConfig, needs: RecordNeeds, found: SourceCandidates,
+                         records: list[IngestRecord]) -> list[str] | None:
     """Declared names, else the source's, else 0..K-1 from the largest label (or mask class id)."""
     if cfg.class_names is not None:
         return list(cfg.class_names)
     if found.class_names is not None:
         return found.class_names
-    if task == "segmentation":
+    if needs.classes_of == "masks":
         largest = max((r.mask_max_class for r in records if r.mask_max_class is not None), default=None)
     else:
         largest = max((r.label for r in records if r.label is not None), default=None)
     return [str(i) for i in range(largest + 1)] if largest is not None else None
 
 
-def read_source(cfg: IngestConfig, task: str, caption_counter: CaptionTokenCounter | None = None) -> SourceData:
+def read_source(cfg: IngestConfig, needs: RecordNeeds, caption_counter: CaptionTokenCounter | None = None) -> SourceData:
     """Read and check every record of the configured source.
 
-    Inputs: the ingest section, the task (which decides required fields), and how to count caption tokens
-    (default: the whitespace estimate against ingest.max_caption_tokens).
+    Inputs: the ingest section, what the task needs of a record (its required fields, what its class names
+    describe), and how to count caption tokens (default: the whitespace estimate against ingest.max_caption_tokens).
     Output: kept records sorted by id, rejected records with reasons, the class/target/feature names, warnings.
     Raises UserFacingError only for the source as a whole (missing folder/file/column), never for a record.
     """
-    found = _candidates(cfg, task)
-    rules = _rules(cfg, task, found)
+    found = _candidates(cfg, needs)
+    rules = _rules(cfg, needs, found)
     checked, rejected, sources = [], list(found.rejected), {}
     for candidate in tqdm(found.candidates, desc="ingest: checking records", unit="rec", mininterval=2.0, disable=None):
         outcome = validate_record(candidate, rules)
@@ -138,9 +122,9 @@ def read_source(cfg: IngestConfig, task: str, caption_counter: CaptionTokenCount
             checked.append(outcome)
             sources[id(outcome)] = candidate.source
     records, duplicates = drop_duplicates(checked, sources)
-    data = SourceData(records, rejected + duplicates, found.kind, _settled_class_names(cfg, task, found, records),
+    data = SourceData(records, rejected + duplicates, found.kind, _settled_class_names(cfg, needs, found, records),
                       found.target_names, found.feature_names)
-    if task == "text_to_image":
+    if needs.counts_caption_tokens:
         counter = caption_counter or whitespace_counter(cfg.max_caption_tokens)
         if warning := long_caption_warning({r.record_id: r.caption for r in records if r.caption}, counter):
             data.warnings.append(warning)

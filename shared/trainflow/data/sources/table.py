@@ -11,25 +11,15 @@ failed parse), our JSON-lines reader, or pyarrow for Parquet.
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 from typing import Any, Iterator
 
 from trainflow.config import IngestConfig
 from trainflow.data.checks.quarantine import RejectedRecord
 from trainflow.data.checks.record_validation import CandidateRecord
+from trainflow.data.sources.candidates import SourceCandidates
 from trainflow.data.sources.image_folder import read_json_lines, reference_text
 from trainflow.errors import UserFacingError
-
-
-@dataclasses.dataclass
-class TableCandidates:
-    root: Path  # the table's folder: image paths resolve against it and must stay inside it
-    candidates: list[CandidateRecord]
-    rejected: list[RejectedRecord]
-    kind: str  # "image" or "table"
-    class_names: list[str] | None
-    feature_names: list[str] | None
 
 
 Rows = list[tuple[str, dict[str, Any]]]  # (where the row is, e.g. "data.csv:7", {column: value})
@@ -137,7 +127,7 @@ def label_names(values: Iterator[Any]) -> list[str]:
     return sorted(names, key=lambda name: (int(name), name) if numeric else (0, name))
 
 
-def table_candidates(cfg: IngestConfig) -> TableCandidates:
+def table_candidates(cfg: IngestConfig) -> SourceCandidates:
     """The configured table's rows as candidates. Raises UserFacingError for a missing file or a missing column."""
     path = Path(cfg.table or "").expanduser().resolve()
     rejected: list[RejectedRecord] = []
@@ -168,4 +158,6 @@ def table_candidates(cfg: IngestConfig) -> TableCandidates:
             features=[as_number(row.get(c)) for c in features] if features is not None else None,
             group=row.get(cfg.group_column) if cfg.group_column else None,
         ))
-    return TableCandidates(path.parent, candidates, rejected, "image" if is_image else "table", class_names, features)
+    # Image paths resolve against the table's folder and must stay inside it.
+    return SourceCandidates(candidates, "image" if is_image else "table", path.parent, rejected, class_names,
+                            cfg.target_columns, features, labels_are_names=True)

@@ -6,28 +6,15 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
 from trainflow.atomic_files import atomic_write_json
-from trainflow.config import IngestConfig, RunConfig
-from trainflow.data.checks.caption_tokens import caption_token_counter
-from trainflow.data.sources.hdf5 import close_hdf5_files
+from trainflow.config import RunConfig
+from trainflow.data.checks.checked_source import check_and_read
 from trainflow.data.checks.quarantine import bad_fraction, bad_fraction_problem, printable, top_reasons
-from trainflow.data.sources.read_source import SourceData, read_source
-
-
-def check_and_read(cfg: IngestConfig, task: str, model_base: str | None = None) -> SourceData:
-    """Every record of the configured source checked: what ingest runs before it splits, and check-data alone.
-
-    Captions are counted with the base model's tokenizer when `model_base` points at one on disk, else estimated.
-    Raises UserFacingError only for the source as a whole (missing folder, file or column).
-    """
-    counter = caption_token_counter(model_base, cfg.max_caption_tokens) if task == "text_to_image" else None
-    try:
-        return read_source(cfg, task, counter)
-    finally:
-        close_hdf5_files()
+from trainflow.data.sources.read_source import SourceData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +34,7 @@ class DataCheck:
 
 def check_data(config: RunConfig) -> DataCheck:
     """Check the run's ingest source for its task (tokenizer from model.base when on disk)."""
-    model_base = config.model.base if config.task == "text_to_image" else None
-    return DataCheck(check_and_read(config.ingest, config.task, model_base), config.ingest.max_bad_fraction)
+    return DataCheck(check_and_read(config.ingest, config.task, config.model.base), config.ingest.max_bad_fraction)
 
 
 def check_lines(check: DataCheck, top: int = 10) -> list[str]:
@@ -72,3 +58,13 @@ def write_check_json(check: DataCheck, path: str | Path) -> None:
         "max_bad_fraction": check.max_bad_fraction,
         "warnings": [w.message for w in check.source.warnings],
     })
+
+
+def check_data_command(args: argparse.Namespace) -> int:
+    from trainflow.config import load_config
+
+    check = check_data(load_config(args.config, check_local_paths=False))  # a missing source is reported by the check
+    print("\n".join(check_lines(check)))
+    if args.json:
+        write_check_json(check, args.json)
+    return 1 if check.problem else 0

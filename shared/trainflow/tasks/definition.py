@@ -1,0 +1,182 @@
+"""What a task tells the rest of trainflow: the one interface that stages, config checks, reports and the registry ask.
+
+A task is one module under `trainflow.tasks` with one `TaskDefinition` subclass, registered in
+`trainflow.tasks.registry`. Everything that differs by task lives there and is asked for, never
+branched on: which config fields it needs (and the sentence when they are missing), the validation
+metrics it logs, the records it expects and its cache, its trainable object for the engine, its
+test-time outputs and metrics, its headline metrics, and how to load an exported model folder back
+to predict. A definition holds no state; `training_task(...)` builds the object the engine trains
+(`trainflow.training.task.Task`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from trainflow.metrics.metric_directions import is_lower_better
+
+if TYPE_CHECKING:
+    import torch
+
+    from trainflow.config import CacheConfig, EvaluateConfig, IngestConfig, ModelConfig, RunConfig, TrainConfig
+    from trainflow.evaluation.checkpoint_models import LastCheckpoint
+    from trainflow.evaluation.record_outputs import RecordOutputs
+    from trainflow.training.task import Task
+
+MetricFunction = Callable[..., dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """A metric as a person reads it: its key in the results, a label, and (from the one table) its direction."""
+
+    key: str
+    label: str
+
+    @property
+    def lower_is_better(self) -> bool:
+        return is_lower_better(self.key)
+
+    @property
+    def better_is(self) -> str:
+        return "lower" if self.lower_is_better else "higher"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Another model or method scored on the same test split.
+
+    label: what a person reads; prefix: of its numbers in the results (`base_fid`, `baseline_linear_r2`);
+    source: its name among a RecordOutputs' sources, when it is scored per record; column: its summary column.
+    """
+
+    label: str
+    prefix: str
+    source: str | None = None
+    column: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordNeeds:
+    """What ingest requires of each record for this task.
+
+    required: record fields a record is rejected without (caption, label, targets, mask, text).
+    classes_of: what class names describe ('labels', 'masks') or None when the task has no classes.
+    counts_caption_tokens: warn about captions longer than the text encoder reads.
+    """
+
+    required: frozenset[str] = frozenset()
+    classes_of: str | None = None
+    counts_caption_tokens: bool = False
+
+
+@dataclasses.dataclass
+class TestRequest:
+    """What the evaluate stage gives a task to score the test split."""
+
+    cache_dir: Path
+    model_dir: Path
+    model_cfg: "ModelConfig"
+    evaluate_cfg: "EvaluateConfig"
+    seed: int
+    record: dict[str, Any]  # the train stage's trainflow_training.json
+    device: torch.device
+    last: "LastCheckpoint"  # the last checkpoint, verified, or why it cannot be scored (the task may add a reason)
+
+
+class Predictor(Protocol):
+    """An exported model folder loaded back: what `trainflow compare`, the champion gate and serving call."""
+
+    task: str
+    names: list[str]  # class or target names (empty when the outputs have none)
+
+    def predict(self, inputs: Any) -> Any:
+        """What a person reads for the inputs the task ingests (probabilities, values, class maps, images)."""
+
+    def record_outputs(self, cache_dir: Path, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-record outputs, truth) on a cache's test split, in record order, as `RecordOutputs` stores them."""
+
+
+class TaskDefinition(abc.ABC):
+    """The base every task module subclasses; the defaults are what most tasks want, the abstract methods are not optional."""
+
+    name: str
+    description: str
+    pipeline: str  # the pipeline that runs it (a key of trainflow.kubeflow.pipeline_package.PIPELINES)
+    validation_metrics: tuple[str, ...]  # what validation logs (val_*): what train.early_stopping.monitor may name
+    headline_metrics: tuple[MetricSpec, ...]  # intervals, best-vs-last, the report's table; the first is compare's default
+    summary_metrics: tuple[MetricSpec, ...] = ()  # the local run's summary rows (default: headline_metrics)
+    output_names: tuple[str, str | None]  # metric-function argument names: (model outputs, ground truth or None)
+    record_needs: RecordNeeds = RecordNeeds()
+    reference: Reference | None = None  # a model scored per record beside the trained one (text-to-image: the base)
+    trained_label: str = "value"  # the trained model's column in the summary when there is a reference
+    baselines: tuple[Reference, ...] = ()  # methods fitted on the same split, shown under each summary row
+    compares_per_record: bool = False  # per-record outputs a paired comparison can use (compare, beat_champion)
+    generates_images: bool = False  # the pipeline has a score stage that needs generation weights
+
+    # ------------------------------------------------------------------ config
+    def check_config(self, ingest: "IngestConfig | None", model: "ModelConfig | None", train: "TrainConfig | None") -> None:
+        """Raise ValueError, one sentence naming the field, when a section asks for what this task cannot do.
+
+        Stages call it with the sections they receive, so a config edited in the Kubeflow UI fails like a local one.
+        """
+        if train is not None:
+            known = self.validation_metrics + ("train_loss",)
+            monitor = train.early_stopping.monitor
+            if monitor not in known:
+                raise ValueError(f"train.early_stopping.monitor: task {self.name} does not log {monitor!r}; choose one "
+                                 f"of {', '.join(known)}")
+
+    def check_run_config(self, config: "RunConfig") -> None:
+        """Checks across sections of a whole run config (ValueError naming the field)."""
+        if not self.compares_per_record and any(gate.beat_champion for gate in config.registration.gates):
+            raise ValueError(f"register.gates: beat_champion compares per-record test outputs, which {self.name} "
+                             "does not keep; use beat_base, min or max")
+
+    def local_paths(self, config: "RunConfig") -> dict[str, str]:
+        """Config fields holding local paths this task reads (field -> path), checked to exist at load time."""
+        return {}
+
+    # ------------------------------------------------------------------ data and training
+    @abc.abstractmethod
+    def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: "ModelConfig", cache_cfg: "CacheConfig") -> dict[str, Any]:
+        """Encode or decode every record of the ingest snapshot once into `cache_dir`; returns its metadata."""
+
+    @abc.abstractmethod
+    def training_task(self, cache_dir: Path, model_cfg: "ModelConfig", train_cfg: "TrainConfig", seed: int) -> "Task":
+        """The object the engine trains (model, data, one training and one validation step, export)."""
+
+    # ------------------------------------------------------------------ evaluation
+    @abc.abstractmethod
+    def test_outputs(self, request: TestRequest) -> "RecordOutputs":
+        """Per-record test outputs of the best checkpoint (and the last one, and references) for metrics and comparison."""
+
+    @abc.abstractmethod
+    def metric_function(self, names: list[str]) -> MetricFunction:
+        """The task's metrics over records, bound to its class or target names (what bootstrap and comparison call)."""
+
+    def extra_results(self, cache_dir: Path, model_dir: Path, metric_fn: MetricFunction) -> dict[str, Any]:
+        """Numbers beside the model's own (e.g. a baseline fitted on the same split); default none."""
+        return {}
+
+    def report_section(self, scored: "RecordOutputs", results: dict[str, Any]) -> str:
+        """The task's own part of the evaluation report (HTML); default none."""
+        return ""
+
+    def log_kfp_metrics(self, artifact: Any, scored: "RecordOutputs", results: dict[str, Any]) -> bool:
+        """Fill a KFP visualisation artifact (e.g. ClassificationMetrics); False when the task has none."""
+        return False
+
+    @abc.abstractmethod
+    def load_for_prediction(self, folder: Path) -> Predictor:
+        """The exported model folder loaded back to predict."""
+
+    # ------------------------------------------------------------------ derived
+    def rows_for_summary(self) -> tuple[MetricSpec, ...]:
+        return self.summary_metrics or self.headline_metrics
+
+    def headline_keys(self) -> list[str]:
+        return [spec.key for spec in self.headline_metrics]
