@@ -132,3 +132,7 @@ def _check_local_paths(config: RunConfig, config_path: Path) -> None:
                 f"invalid configuration in {config_path}: {field}: path {value!r} does not exist "
                 f"(relative paths are resolved from {Path.cwd()}); fix the path or create it first"
             )
+    if config.task == "text_to_image" and config.model.base and looks_like_local_path(config.model.base):
+        from trainflow.diffusion.model_families import detect_family
+
+        detect_family(Path(config.model.base).expanduser(), config.model.family)  # an SDXL config on an SD base, ...

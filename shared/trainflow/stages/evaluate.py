@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_json, atomic_write_text
@@ -178,28 +177,37 @@ def _supervised_outputs(cache_dir, model_dir, cfg: EvaluateConfig, device, last:
 
 def _text_to_image_outputs(cache_dir, model_dir, model_cfg, cfg, seed, record, device, last: LastCheckpoint) -> RecordOutputs:
     from diffusers import DDPMScheduler
+    from torch.utils.data import default_collate
 
     from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
     from trainflow.diffusion.latent_cache import CachedLatents, read_cache_attrs
+    from trainflow.diffusion.model_families import detect_family
     from trainflow.diffusion.model_loading import load_trained_parts, resolve_pipeline_folder
+    from trainflow.tasks.text_to_image import DiffusionModel, check_cache_family
+    from trainflow.training.bucketed_batches import bucket_batches
+    from trainflow.training.task import move_to_device
 
     test_set = CachedLatents(cache_dir, "test")
     if len(test_set) == 0:
         raise UserFacingError("the test split is empty; ingest more records or change ingest.split")
-    scaling = float(read_cache_attrs(cache_dir)["scaling_factor"])
+    attrs = read_cache_attrs(cache_dir)
+    scaling = float(attrs["scaling_factor"])
     scheduler = DDPMScheduler.from_pretrained(Path(model_dir) / "scheduler")
+    family = check_cache_family(detect_family(Path(model_dir), model_cfg.family), attrs, Path(cache_dir))
 
     @torch.no_grad()
-    def record_losses(unet, text_encoder) -> torch.Tensor:
+    def record_losses(unet, text_encoders) -> torch.Tensor:
         """Per-record loss with the noise and timestep fixed by each record's index, identical for every model."""
-        unet, text_encoder = unet.to(device).eval(), text_encoder.to(device).eval() if text_encoder is not None else None
-        losses = []
+        model = DiffusionModel(unet, *(text_encoders or [None]), family=family).to(device).eval()
+        losses = torch.zeros(len(test_set), dtype=torch.float64)
         with autocast_for(record.get("mixed_precision", "no"), device):
-            for batch in DataLoader(test_set, batch_size=cfg.batch_size, shuffle=False):
-                text = text_encoder(batch["input_ids"].to(device))[0] if text_encoder is not None else batch["text"].to(device)
-                losses.append(fixed_noise_record_losses(unet, scheduler, batch["moments"].to(device), text, batch["index"],
-                                                        scaling, seed + TEST_SEED_OFFSET).double().cpu())
-        return torch.cat(losses)
+            for indices in bucket_batches(test_set, range(len(test_set)), cfg.batch_size):
+                batch = move_to_device(default_collate([test_set[i] for i in indices]), device)
+                states, added = model.batch_conditioning(batch)
+                losses[indices] = fixed_noise_record_losses(
+                    model.unet, scheduler, batch["moments"], states, batch["index"], scaling, seed + TEST_SEED_OFFSET,
+                    added, batch.get("loss_mask")).double().cpu()
+        return losses
 
     outputs = {"best": record_losses(*load_trained_parts(Path(model_dir))),
                "base": record_losses(*load_trained_parts(resolve_pipeline_folder(model_cfg.base, model_cfg.revision)))}
@@ -210,7 +218,7 @@ def _text_to_image_outputs(cache_dir, model_dir, model_cfg, cfg, seed, record, d
         try:
             model = load_checkpoint_weights(build_task("text_to_image", Path(cache_dir), model_cfg, train_cfg, seed).build_model(),
                                             last.checkpoint)
-            outputs["last"] = record_losses(model.unet, model.text_encoder)
+            outputs["last"] = record_losses(model.unet, model.text_encoders)
         except ValueError as error:
             last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
     return RecordOutputs("text_to_image", [], None, outputs, test_record_ids(cache_dir), read_cache_dataset_hash(cache_dir))

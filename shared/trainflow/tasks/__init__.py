@@ -14,7 +14,8 @@ def build_task(task: str, cache_dir: Path, model_cfg: ModelConfig, train_cfg: Tr
         from trainflow.tasks.text_to_image import TextToImageTask
 
         assert model_cfg.base is not None  # checked by check_task_fit
-        return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion, seed)
+        return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion,
+                               seed, model_cfg.family)
     from trainflow.tasks.supervised import SupervisedTask
 
     return SupervisedTask(task, cache_dir, model_cfg, train_cfg.loss, seed, train_cfg.transforms, train_cfg.data_loading)

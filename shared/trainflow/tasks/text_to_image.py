@@ -1,32 +1,38 @@
-"""Text-to-image fine-tuning of a Stable-Diffusion-architecture UNet on cached latents.
+"""Text-to-image fine-tuning of a Stable Diffusion (1.x/2.x or XL) UNet on cached latents.
 
 Training never runs the VAE: the cache holds each image's posterior and each
 caption's embedding (and token ids, for training the text encoder); only the
 validation sample grids for TensorBoard decode through it. Options:
 epsilon or v-prediction (from the base scheduler), min-SNR-gamma weighting,
 offset noise, input perturbation, caption dropout for classifier-free guidance,
-LoRA through peft, gradient checkpointing, text-encoder training.
+LoRA through peft, gradient checkpointing, text-encoder training, loss masks
+(ingest masks, area-averaged to the latent grid). The family's differences (sdxl's
+second text encoder, pooled embedding and time ids) live in diffusion.model_families.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from torch import nn
 from torch.utils.data import default_collate
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from trainflow.config import DiffusionTrainingConfig
 from trainflow.diffusion.denoising_loss import (
     check_prediction_type, diffusion_target, fixed_noise_record_losses, per_record_loss,
 )
 from trainflow.diffusion.latent_cache import (
-    CachedLatents, read_cache_attrs, read_uncond_embedding, read_uncond_input_ids, sample_latents,
+    CachedLatents, has_buckets, read_cache_attrs, read_uncond_embedding, read_uncond_input_ids, read_uncond_record, sample_latents,
 )
 from trainflow.diffusion.lora import LORA_WEIGHTS_FILE, add_lora, merged_unet_folder, save_lora_adapter
+from trainflow.diffusion.model_families import SD, ModelFamily, detect_family, prompt_embeddings
 from trainflow.diffusion.model_loading import copy_pipeline_parts
+from trainflow.diffusion.validation_samples import validation_sample_images
+from trainflow.errors import ConfigError
 
 VALIDATION_SEED_OFFSET = 1_000_003  # validation noise differs from the test split's, fixed per record
 # Validation sample grids show progress, not final quality: a few deterministic DDIM steps keep them cheap.
@@ -35,44 +41,77 @@ SAMPLE_GUIDANCE_SCALE = 5.0
 
 
 class DiffusionModel(nn.Module):
-    """What training changes: the UNet, and the text encoder when it is trained."""
+    """What training changes: the UNet, and the text encoder(s) when they are trained (sdxl has two)."""
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None) -> None:
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None,
+                 text_encoder_2: nn.Module | None = None, family: ModelFamily = SD) -> None:
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.family = family
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     def encoder_states(self, text: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids)[0] if self.text_encoder is not None else text
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, timesteps, encoder_hidden_states=self.encoder_states(text, input_ids)).sample
+    def conditioning(self, text: torch.Tensor, input_ids: torch.Tensor, pooled: torch.Tensor | None = None,
+                     input_ids_2: torch.Tensor | None = None, time_ids: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """(states the UNet cross-attends to, its added_cond_kwargs or None): from the trained encoders when
+        there are any, else from the cache's embeddings."""
+        if self.text_encoder is not None:
+            text, pooled = prompt_embeddings(self.family, self.text_encoders, [input_ids, input_ids_2][:len(self.text_encoders)])
+        return text, {"text_embeds": pooled, "time_ids": time_ids} if self.family.takes_time_ids else None
+
+    def batch_conditioning(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return self.conditioning(batch["text"], batch["input_ids"], batch.get("pooled"), batch.get("input_ids_2"),
+                                 batch.get("time_ids"))
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor,
+                pooled: torch.Tensor | None = None, input_ids_2: torch.Tensor | None = None,
+                time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        states, added = self.conditioning(text, input_ids, pooled, input_ids_2, time_ids)
+        return self.unet(noisy, timesteps, encoder_hidden_states=states, added_cond_kwargs=added).sample
 
 
 class TextToImageTask:
     name = "text_to_image"
 
-    def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int) -> None:
+    def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int,
+                 family: str = "auto") -> None:
         self.base_folder, self.cache_dir, self.cfg, self.seed = Path(base_folder), Path(cache_dir), cfg, seed
-        self.scaling_factor = float(read_cache_attrs(cache_dir)["scaling_factor"])
+        attrs = read_cache_attrs(cache_dir)
+        self.family = check_cache_family(detect_family(self.base_folder, family), attrs, self.cache_dir)
+        self.scaling_factor = float(attrs["scaling_factor"])
+        self.uncond = read_uncond_record(cache_dir)
         self.uncond_text = read_uncond_embedding(cache_dir)
         self.uncond_ids = read_uncond_input_ids(cache_dir)
         self.noise_scheduler = DDPMScheduler.from_pretrained(self.base_folder / "scheduler")
         self.prediction_type = check_prediction_type(self.noise_scheduler, f"{self.base_folder / 'scheduler'}")
         self._sample_vae: AutoencoderKL | None = None  # loaded on the first validation that draws images
         self._sample_records: tuple[int, dict[str, torch.Tensor]] | None = None  # (count asked, its val records)
+        if self.family.takes_time_ids or has_buckets(cache_dir):
+            # validation_images below draws one size with the SD pipeline; sdxl and bucketed caches draw through
+            # diffusion.validation_samples (one path once validation prompts land there).
+            self.validation_images = functools.partial(validation_sample_images, self)
 
     # ------------------------------------------------------------ model and data
     def build_model(self) -> DiffusionModel:
         unet = UNet2DConditionModel.from_pretrained(self.base_folder / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(self.base_folder / "text_encoder") if self.cfg.train_text_encoder else None
+        encoders = ([cls.from_pretrained(self.base_folder / part)
+                     for cls, part in zip((CLIPTextModel, CLIPTextModelWithProjection), self.family.text_encoders)]
+                    if self.cfg.train_text_encoder else [])
         if self.cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-            if text_encoder is not None:
-                text_encoder.activation_checkpointing_enable()
+            for encoder in encoders:
+                encoder.activation_checkpointing_enable()
         if self.cfg.lora is not None:
-            add_lora(unet, self.cfg.lora, text_encoder)
-        model = DiffusionModel(unet, text_encoder)
+            add_lora(unet, self.cfg.lora, *encoders)
+        model = DiffusionModel(unet, *(encoders or [None]), family=self.family)
         return model.train()
 
     def train_dataset(self) -> CachedLatents:
@@ -99,18 +138,23 @@ class TextToImageTask:
         model_noise = noise + cfg.input_perturbation * torch.randn_like(noise) if cfg.input_perturbation else noise
         noisy = scheduler.add_noise(latents, model_noise, timesteps)
         text, input_ids = batch["text"], batch["input_ids"]
+        extra = {name: batch[name] for name in ("pooled", "input_ids_2", "time_ids") if name in batch}
         if cfg.caption_dropout > 0:
             drop = torch.rand(size, device=latents.device) < cfg.caption_dropout
-            text = torch.where(drop[:, None, None], self.uncond_text.to(text.device, text.dtype).expand_as(text), text)
-            input_ids = torch.where(drop[:, None], self.uncond_ids.to(input_ids.device).expand_as(input_ids), input_ids)
-        prediction = model(noisy, timesteps, text, input_ids)
+            text, input_ids = caption_dropped(drop, self.uncond["text"], text), caption_dropped(drop, self.uncond["input_ids"], input_ids)
+            for name in ("pooled", "input_ids_2"):
+                if name in extra:
+                    extra[name] = caption_dropped(drop, self.uncond[name], extra[name])
+        prediction = model(noisy, timesteps, text, input_ids, **extra)
         target = diffusion_target(scheduler, latents, noise, timesteps)
-        return per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma).mean()
+        losses = per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma, batch.get("loss_mask"))
+        return losses.mean()
 
     def validation_step(self, model: DiffusionModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        states = model.encoder_states(batch["text"], batch["input_ids"])
+        states, added = model.batch_conditioning(batch)
         losses = fixed_noise_record_losses(model.unet, self.noise_scheduler, batch["moments"], states, batch["index"],
-                                           self.scaling_factor, self.seed + VALIDATION_SEED_OFFSET)
+                                           self.scaling_factor, self.seed + VALIDATION_SEED_OFFSET, added,
+                                           batch.get("loss_mask"))
         return {"loss_sum": losses.sum(), "count": torch.tensor(float(losses.numel()), device=losses.device)}
 
     def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -149,21 +193,36 @@ class TextToImageTask:
 
     # ------------------------------------------------------------ export
     def export(self, model: DiffusionModel, folder: Path) -> None:
-        """A complete diffusers pipeline folder: the base's parts plus what training changed."""
+        """A complete diffusers pipeline folder (the family's stock class loads it): the base's parts plus what
+        training changed."""
         folder = Path(folder)
-        trained_text = model.text_encoder is not None
+        trained_text = self.family.text_encoders if model.text_encoder is not None else ()
         if self.cfg.lora is not None and not self.cfg.lora.merge:
             copy_pipeline_parts(self.base_folder, folder)
-            save_lora_adapter(folder, model.unet, model.text_encoder)
+            save_lora_adapter(folder, self.family, model.unet, *model.text_encoders)
             return
-        replaced = ("unet", "text_encoder") if trained_text else ("unet",)
-        copy_pipeline_parts(self.base_folder, folder, replaced=replaced)
+        copy_pipeline_parts(self.base_folder, folder, replaced=("unet", *trained_text))
         if self.cfg.lora is not None:
-            merged_unet_folder(self.base_folder, model.unet, model.text_encoder, folder)
+            merged_unet_folder(self.base_folder, self.family, model.unet, model.text_encoders, folder)
             return
         model.unet.save_pretrained(folder / "unet", safe_serialization=True)
-        if trained_text:
-            model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        for part, encoder in zip(trained_text, model.text_encoders):
+            encoder.save_pretrained(folder / part, safe_serialization=True)
+
+
+def caption_dropped(drop: torch.Tensor, empty: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` with the records where `drop` is set replaced by the empty caption's (classifier-free guidance)."""
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    return torch.where(drop.view(shape), empty.to(values.device, values.dtype).expand_as(values), values)
+
+
+def check_cache_family(family: ModelFamily, attrs: dict, cache_dir: Path) -> ModelFamily:
+    """The base's family, when the cache was encoded by the same family's text encoders; else ConfigError."""
+    cached = attrs.get("family", "sd")
+    if cached != family.name:
+        raise ConfigError(f"model.base: the cache in {cache_dir} was encoded for a {cached!r} base but model.base is "
+                          f"{family.name!r}; rebuild the cache with this base (run build_cache again)")
+    return family
 
 
 def has_lora_adapter(model_folder: Path) -> bool:
