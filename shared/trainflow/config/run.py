@@ -77,6 +77,12 @@ def check_task_fit(task: str, ingest: IngestConfig | None, model: ModelConfig | 
             raise ValueError("ingest.sklearn_dataset: diabetes has numeric targets; use task: regression")
         if task == "regression" and not (ingest.target_columns or ingest.sklearn_dataset == "diabetes"):
             raise ValueError("ingest.target_columns: regression needs at least one numeric target column (or sklearn_dataset: diabetes)")
+        if task != "text_to_image":
+            for field in ("buckets", "prior_preservation"):
+                if getattr(ingest, field) is not None:
+                    raise ValueError(f"ingest.{field}: applies to text_to_image only, not {task}")
+            if ingest.alpha_mask:
+                raise ValueError(f"ingest.alpha_mask: applies to text_to_image only, not {task}")
         if task == "segmentation" and not (ingest.mask_column or ingest.sklearn_dataset == "digits"):
             raise ValueError("ingest.mask_column: segmentation needs a mask column (or sklearn_dataset: digits, whose masks are the strokes)")
     if train is not None:
