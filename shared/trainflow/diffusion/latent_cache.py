@@ -108,6 +108,7 @@ class CachedLatents(Dataset):
             group = handle[split]
             self.length = len(group["record_ids"])
             self.record_names = [n for n in RECORD_ARRAYS if n in group]
+            self.prior_flags = group["prior"][()].astype(bool) if "prior" in group else None  # class images
             buckets = _bucket_groups(group)
             self.latent_names = [n for n in LATENT_NAMES if n in buckets[0]]
             self.takes_sample_keys = FLIPPED in self.latent_names

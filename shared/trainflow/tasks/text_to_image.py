@@ -31,6 +31,7 @@ from trainflow.diffusion.latent_cache import (
 from trainflow.diffusion.lora import LORA_WEIGHTS_FILE, add_lora, merged_unet_folder, save_lora_adapter
 from trainflow.diffusion.model_families import SD, ModelFamily, detect_family, prompt_embeddings
 from trainflow.diffusion.model_loading import copy_pipeline_parts
+from trainflow.diffusion.prior_mix import MixedTrainRecords, needs_mixing
 from trainflow.diffusion.validation_samples import validation_sample_images
 from trainflow.errors import ConfigError
 
@@ -114,8 +115,11 @@ class TextToImageTask:
         model = DiffusionModel(unet, *(encoders or [None]), family=self.family)
         return model.train()
 
-    def train_dataset(self) -> CachedLatents:
-        return CachedLatents(self.cache_dir, "train")
+    def train_dataset(self) -> CachedLatents | MixedTrainRecords:
+        records = CachedLatents(self.cache_dir, "train")
+        if not needs_mixing(records, self.cfg.repeats, self.cfg.prior_preservation):
+            return records
+        return MixedTrainRecords(records, self.cfg.repeats, self.cfg.prior_preservation, self.seed)
 
     def val_dataset(self) -> CachedLatents:
         return CachedLatents(self.cache_dir, "val")
@@ -148,6 +152,8 @@ class TextToImageTask:
         prediction = model(noisy, timesteps, text, input_ids, **extra)
         target = diffusion_target(scheduler, latents, noise, timesteps)
         losses = per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma, batch.get("loss_mask"))
+        if "prior" in batch and cfg.prior_preservation is not None:  # DreamBooth: class images at their own weight
+            losses = losses * torch.where(batch["prior"], cfg.prior_preservation.loss_weight, 1.0)
         return losses.mean()
 
     def validation_step(self, model: DiffusionModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
