@@ -150,3 +150,16 @@ def test_training_with_class_images_runs_and_asking_for_them_without_any_names_t
         train("text_to_image", plain_cache.path, {"base": str(tiny_base_model)}, config, 0,
               LocalArtifact(str(tmp_path / "m2")), LocalArtifact(str(tmp_path / "x2")),
               checkpoint_dir=str(tmp_path / "checkpoints2"))
+
+
+def test_a_missing_class_image_folder_is_named_when_the_config_is_loaded(digits_dir, tiny_base_model, tmp_path):
+    import yaml
+
+    from trainflow.config import load_config
+
+    config = {"run_name": "r", "ingest": {"dataset_dir": str(digits_dir),
+                                          "prior_preservation": {"dataset_dir": str(tmp_path / "no-such-folder")}},
+              "model": {"base": str(tiny_base_model)}, "register": {"model_name": "m", "experiment": "e", "gates": []}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"ingest\.prior_preservation\.dataset_dir: path .*no-such-folder' does not exist"):
+        load_config(tmp_path / "run.yaml")

@@ -124,6 +124,8 @@ def load_config(path: str | os.PathLike, check_local_paths: bool = True) -> RunC
 def _check_local_paths(config: RunConfig, config_path: Path) -> None:
     required = {"ingest.dataset_dir": config.ingest.dataset_dir, "ingest.table": config.ingest.table,
                 "ingest.hdf5": config.ingest.hdf5,
+                "ingest.prior_preservation.dataset_dir": (config.ingest.prior_preservation.dataset_dir
+                                                          if config.ingest.prior_preservation else None),
                 "model.weights_path": config.model.weights_path}
     if config.model.base and looks_like_local_path(config.model.base):
         required["model.base"] = config.model.base

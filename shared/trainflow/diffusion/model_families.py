@@ -86,15 +86,6 @@ def detect_family(folder: Path, declared: str = "auto") -> ModelFamily:
     return family
 
 
-def latent_size_multiple(folder: Path) -> int:
-    """Image sides must be multiples of this: the VAE's downsampling times the UNet's (read from their configs)."""
-    vae = json.loads((Path(folder) / "vae" / "config.json").read_text())
-    unet = json.loads((Path(folder) / "unet" / "config.json").read_text())
-    vae_factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
-    unet_factor = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
-    return vae_factor * unet_factor
-
-
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """Token ids padded/truncated to the tokenizer's max length, as the stock pipelines do."""
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,

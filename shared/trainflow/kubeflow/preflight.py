@@ -61,6 +61,10 @@ def _require_path(field: str, value: str | None, platform: PlatformConfig | None
 
 
 def _check_data(ingest: IngestConfig, platform: PlatformConfig | None) -> list[str]:
+    if ingest.prior_preservation is not None:
+        found = _require_path("ingest.prior_preservation.dataset_dir", ingest.prior_preservation.dataset_dir, platform,
+                              folder=True)
+        return [found, *_check_data(ingest.model_copy(update={"prior_preservation": None}), platform)]
     if ingest.dataset_dir:
         return [_require_path("ingest.dataset_dir", ingest.dataset_dir, platform, folder=True)]
     if ingest.table:
