@@ -6,7 +6,8 @@ validation sample grids for TensorBoard decode through it. Options:
 epsilon or v-prediction (from the base scheduler), min-SNR-gamma weighting,
 offset noise, input perturbation, caption dropout for classifier-free guidance,
 LoRA through peft, gradient checkpointing, text-encoder training, loss masks
-(ingest masks, area-averaged to the latent grid). The family's differences (sdxl's
+(ingest masks, area-averaged to the latent grid), class images for prior preservation
+at their own loss weight and per-dataset repeats (diffusion.prior_mix). The family's differences (sdxl's
 second text encoder, pooled embedding and time ids) live in diffusion.model_families.
 """
 
