@@ -31,6 +31,16 @@ def tiny_base_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory) -> Path:
+    """A tiny SDXL-architecture pipeline (two text encoders, text_time UNet), built from configs in seconds."""
+    from trainflow.demo.tiny_sdxl import build_tiny_sdxl_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sdxl"
+    build_tiny_sdxl_pipeline(folder, seed=0, vae_steps=3)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def digits_classifier(tmp_path_factory) -> Path:
     from trainflow.demo.classifier_training import train_digits_classifier
     from trainflow.models.image_classifier import save_classifier

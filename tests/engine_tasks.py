@@ -38,13 +38,15 @@ class WineTask:
     nan_loss_at_call: the training_step call (1-based) that returns a NaN loss.
     nan_validation_at_call: the validation (1-based) whose loss comes out NaN.
     draw_random: draw one torch.rand() per training_step (recorded in `calls`).
+    buckets_by_label: give the train and val sets `bucket_ids` (the wine class), as aspect-ratio buckets do,
+    so the engine's batch plan keeps every step inside one bucket.
     """
 
     name = "classification"
 
     def __init__(self, train_records: int = 120, fail_when_batch_larger_than: int | None = None,
                  oom_after_calls: int = 0, nan_loss_at_call: int | None = None, nan_validation_at_call: int | None = None,
-                 draw_random: bool = False, oom_only_on_rank: int | None = None) -> None:
+                 draw_random: bool = False, oom_only_on_rank: int | None = None, buckets_by_label: bool = False) -> None:
         data = load_wine()
         x = torch.tensor(data.data, dtype=torch.float32)
         x = (x - x.mean(0)) / x.std(0)
@@ -53,6 +55,8 @@ class WineTask:
         x, y = x[order], y[order]
         self.train = TableDataset(x[:train_records], y[:train_records])
         self.val = TableDataset(x[train_records:], y[train_records:])
+        if buckets_by_label:
+            self.train.bucket_ids, self.val.bucket_ids = y[:train_records].numpy(), y[train_records:].numpy()
         self.fail_when_batch_larger_than = fail_when_batch_larger_than
         self.oom_after_calls = oom_after_calls
         self.oom_here = oom_only_on_rank is None or oom_only_on_rank == int(os.environ.get("RANK", "0"))

@@ -85,7 +85,7 @@ def test_section_payload_round_trips_without_nulls(tmp_path):
                 assert field.default is None, f"{model.__name__}.{name} is nullable, so its default must be None"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "sd15-finetune.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "sd15-finetune.yaml", "sdxl-finetune.yaml", "digits-buckets.yaml"])
 def test_shipped_configs_are_valid(name):
     load_config(REPO / "pipelines" / "configs" / name, check_local_paths=False)
 

@@ -272,3 +272,30 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_and_the_resume
     assert f"train: resuming from checkpoint step-{stopped:09d}" in done.stdout
     resumed, uninterrupted = read_step_log(folder), read_step_log(two_ranks / "checkpoints")
     assert [(r["step"], r["loss"]) for r in resumed] == [(r["step"], r["loss"]) for r in uninterrupted]
+
+
+def test_two_ranks_with_buckets_draw_each_step_from_one_bucket_and_each_record_at_most_once_per_epoch(tmp_path):
+    from trainflow.training.bucketed_batches import bucketed_steps_per_epoch
+
+    torchrun(str(DRIVER), str(tmp_path / "checkpoints"), json.dumps(CONFIG), "--outcome", str(tmp_path / "outcome.json"),
+             "--rank-facts", str(tmp_path / "facts"), "--task-options", json.dumps({"buckets_by_label": True}))
+    bucket_of = WineTask(buckets_by_label=True).train.bucket_ids
+    steps_per_epoch = bucketed_steps_per_epoch(bucket_of, 4 * 2, 2)  # micro-batch 4 × accumulation 2, 2 ranks
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert outcome["steps_run"] == 2 * steps_per_epoch
+    sizes = [int((bucket_of == b).sum()) for b in range(3)]
+    full_steps = [size // 16 * 16 for size in sizes]  # records in whole global steps; tails wait for another epoch
+    assert sum(full_steps) == steps_per_epoch * 16 and sum(full_steps) < 120, "some bucket has a tail to drop"
+    ranks = [micro_batches_of(rank_facts(tmp_path / "facts", rank)[0]["calls"], 2) for rank in (0, 1)]
+    for epoch in range(2):
+        seen: list[int] = []
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            records = [i for rank in ranks for micro in rank[step] for i in micro]
+            assert len({int(bucket_of[i]) for i in records}) == 1, f"step {step + 1} mixes buckets"
+            seen += records
+        assert len(seen) == len(set(seen)) == sum(full_steps), f"epoch {epoch + 1}: a record was drawn twice"
+        per_bucket = [sum(1 for i in seen if bucket_of[i] == b) for b in range(3)]
+        assert per_bucket == full_steps
+    first_epoch = [i for rank in ranks for step in rank[:steps_per_epoch] for micro in step for i in micro]
+    second_epoch = [i for rank in ranks for step in rank[steps_per_epoch:] for micro in step for i in micro]
+    assert first_epoch != second_epoch, "each epoch reshuffles"

@@ -36,6 +36,24 @@ def run_driver(checkpoint_dir: Path, *extra: str, config: dict = CONFIG, **kwarg
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def kill_mid_epoch_and_resume(folder: Path, complete: list[tuple[int, float]], steps_per_epoch: int, *extra: str) -> str:
+    """SIGKILL a run inside its second epoch, resume it, and return the resumed run's output."""
+    kill_after = random.Random(os.getpid()).randint(steps_per_epoch + 3, 2 * steps_per_epoch - 2)
+    process = run_driver(folder, "--sleep-per-step", "0.05", *extra)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(read_step_log(folder)) < kill_after:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = len(read_step_log(folder))
+    assert steps_per_epoch < killed_at < len(complete), "the kill must land mid-run"
+    resumed = run_driver(folder, *extra)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    return output
+
+
 def losses(checkpoint_dir: Path) -> list[tuple[int, float]]:
     return [(record["step"], record["loss"]) for record in read_step_log(checkpoint_dir)]
 
@@ -51,20 +69,7 @@ def uninterrupted(tmp_path_factory) -> list[tuple[int, float]]:
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_per_step_losses(tmp_path, uninterrupted):
     steps_per_epoch = 120 // 8
-    kill_after = random.Random(os.getpid()).randint(steps_per_epoch + 3, 2 * steps_per_epoch - 2)  # inside epoch 2
-    process = run_driver(tmp_path, "--sleep-per-step", "0.05")
-    deadline = time.time() + 240
-    while time.time() < deadline and len(read_step_log(tmp_path)) < kill_after:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    killed_at = len(read_step_log(tmp_path))
-    assert steps_per_epoch < killed_at < len(uninterrupted), "the kill must land mid-run"
-
-    resumed = run_driver(tmp_path, "--outcome", str(tmp_path / "outcome.json"))
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output
+    output = kill_mid_epoch_and_resume(tmp_path, uninterrupted, steps_per_epoch, "--outcome", str(tmp_path / "outcome.json"))
     assert "resuming from checkpoint step-" in output
     resumed_from = json.loads((tmp_path / "outcome.json").read_text())["resumed_from"]
     assert int(resumed_from.removeprefix("step-")) % CONFIG["checkpoints"]["every_n_steps"] == 0
@@ -191,3 +196,21 @@ def test_a_second_sigterm_stops_at_once(tmp_path):
     assert stopped.value.code == 143 and not isinstance(stopped.value, TrainingPreempted)
     assert [step for step, _ in losses(tmp_path)] == list(range(1, 7))  # step 7 abandoned
     assert max(p.name for p in tmp_path.glob("step-*")) == "step-000000006"
+
+
+@pytest.mark.slow
+def test_bucketed_batches_resume_bit_for_bit_after_sigkill(tmp_path):
+    """Records in buckets (here the wine class): every step from one bucket, and a killed run resumes exactly."""
+    from trainflow.training.bucketed_batches import bucketed_steps_per_epoch
+    from engine_tasks import WineTask
+
+    options = ("--task-options", json.dumps({"buckets_by_label": True}))
+    complete = run_driver(tmp_path / "complete", *options)
+    output, _ = complete.communicate(timeout=300)
+    assert complete.returncode == 0, output
+    uninterrupted = losses(tmp_path / "complete")
+    steps_per_epoch = bucketed_steps_per_epoch(WineTask(buckets_by_label=True).train.bucket_ids, 8, 1)
+    assert len(uninterrupted) == 4 * steps_per_epoch
+    output = kill_mid_epoch_and_resume(tmp_path / "killed", uninterrupted, steps_per_epoch, *options)
+    assert "resuming from checkpoint step-" in output
+    assert losses(tmp_path / "killed") == uninterrupted  # bitwise: floats compared exactly

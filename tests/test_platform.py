@@ -119,10 +119,12 @@ def test_preflight_needs_every_pipeline_part_of_a_local_base_model(tmp_path):
 
 @pytest.mark.slow  # imports diffusers and transformers
 def test_preflight_checks_the_parts_the_model_loader_needs():
+    from trainflow.diffusion.model_families import SDXL
     from trainflow.diffusion.model_loading import REQUIRED_PARTS
-    from trainflow.stages.preflight import PIPELINE_PARTS
+    from trainflow.stages.preflight import PIPELINE_PARTS, SDXL_PARTS
 
     assert PIPELINE_PARTS == REQUIRED_PARTS
+    assert set(PIPELINE_PARTS + SDXL_PARTS) == set(SDXL.parts)
 
 
 def test_preflight_finds_a_config_that_does_not_fit_the_task(tmp_path):

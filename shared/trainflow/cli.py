@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo-assets", help="build the demo's dataset, base model and classifier (offline, cached)", description="Build the digits dataset, the tiny SD base model and the digits classifier; reused when already built.")
     demo.add_argument("--root", default=".trainflow/demo", help="where to write them (default: .trainflow/demo)")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    demo.add_argument("--mixed-aspect", action="store_true",
+                      help="also write digits-mixed: the digits on square, landscape and portrait canvases, for "
+                           "pipelines/configs/digits-buckets.yaml (aspect-ratio buckets)")
     demo.set_defaults(handler="trainflow.commands.demo_assets:demo_assets_command")
 
     weights = verbs.add_parser("weights", help="list or fetch every weight file a config needs (for air-gapped clusters)", description="check: list each weight file the config's base model and metrics need, present or missing, with the path it is expected at (HF_HOME / TORCH_HOME layout); exit 0 when every required one is present, 1 when not. fetch: download them, where a hub is reachable, into a folder laid out as HF_HOME and TORCH_HOME, to copy into the cluster's weights cache.")

@@ -77,8 +77,19 @@ def _base_model_entries(base: str) -> list[WeightEntry]:
     if not looks_like_local_path(base):
         return [_hub_entry("base diffusers pipeline", base, True, "model.base")]
     folder = Path(base).expanduser()
-    parts = ["model_index.json", *REQUIRED_PARTS]
+    parts = ["model_index.json", *_pipeline_parts(folder)]
     return [_local_entry(f"base pipeline {part}", str(folder / part), True, "model.base") for part in parts]
+
+
+def _pipeline_parts(folder: Path) -> tuple[str, ...]:
+    """The parts the base's family loads (SDXL adds a second text encoder and tokenizer); SD's when unreadable."""
+    from trainflow.diffusion.model_families import detect_family
+    from trainflow.errors import ConfigError
+
+    try:
+        return detect_family(folder).parts
+    except ConfigError:
+        return REQUIRED_PARTS
 
 
 def weights_needed(config: RunConfig) -> list[WeightEntry]:

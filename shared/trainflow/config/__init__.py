@@ -13,13 +13,13 @@ from trainflow.config.run import RunConfig, check_task_fit, load_config
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section, section_payload
 from trainflow.config.training import (
     CheckpointConfig, DiffusionTrainingConfig, EarlyStoppingConfig, EmaConfig, LoraConfig, LossConfig,
-    OptimizerConfig, ScheduleConfig, TrainConfig,
+    OptimizerConfig, PriorPreservationConfig, ScheduleConfig, TrainConfig,
 )
 
 __all__ = [
     "CacheConfig", "CheckpointConfig", "DiffusionTrainingConfig", "EarlyStoppingConfig", "EmaConfig",
     "EvaluateConfig", "FeatureExtractorConfig", "Gate", "GenerationConfig", "IngestConfig", "LoraConfig",
-    "LossConfig", "ModelConfig", "OptimizerConfig", "RegisterConfig", "RunConfig", "ScheduleConfig",
+    "LossConfig", "ModelConfig", "OptimizerConfig", "PriorPreservationConfig", "RegisterConfig", "RunConfig", "ScheduleConfig",
     "ScoreConfig", "Section", "SplitFractions", "TrainConfig", "check_task_fit", "load_config",
     "looks_like_local_path", "parse_section", "section_payload",
 ]

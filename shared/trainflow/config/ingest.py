@@ -47,6 +47,24 @@ class SplitFractions(Section):
         return self
 
 
+class BucketConfig(Section):
+    """Aspect-ratio buckets (text_to_image): each image is resized to the nearest of a set of sizes of one pixel budget."""
+
+    resolution: int | None = Field(None, ge=8, description=(
+        "The pixel budget's side: buckets hold about resolution² pixels (default: ingest.resolution)."))
+    step: int = Field(64, ge=1, description=(
+        "Bucket sides are multiples of this; 64 keeps SD/SDXL latents divisible through the UNet."))
+    min_aspect_ratio: float = Field(0.5, gt=0, description="Narrowest bucket, width / height (0.5 = 1:2 portrait).")
+    max_aspect_ratio: float = Field(2.0, gt=0, description="Widest bucket, width / height (2.0 = 2:1 landscape).")
+
+
+class PriorPreservationData(Section):
+    """Class images for prior preservation (DreamBooth): ingested into the train split beside the instance images."""
+
+    dataset_dir: str = Field(description="An image folder in the same layout as ingest.dataset_dir (captions per image).")
+    max_records: int | None = Field(None, ge=1, description="Use only this many class images (seeded choice).")
+
+
 class IngestConfig(Section):
     """Where the dataset is and how to split it. Exactly one source: a folder, a table, an HDF5 file, or a bundled set."""
 
@@ -89,6 +107,17 @@ class IngestConfig(Section):
         "after writing the quarantine report."))
     split: SplitFractions = SplitFractions()
     max_records: int | None = Field(None, ge=3, description="Use only this many valid records (quick runs and tests).")
+    buckets: BucketConfig | None = Field(None, description=(
+        "text_to_image: aspect-ratio buckets instead of one square resolution; every image is resized to cover "
+        "the bucket nearest its aspect ratio and the small excess centre-cropped (its original size and crop are "
+        "recorded); every training batch comes from one bucket. Off (null): resize and centre-crop to "
+        "resolution × resolution."))
+    alpha_mask: bool = Field(False, description=(
+        "text_to_image: use each image's alpha channel as its loss mask (0 = not trained on); images without "
+        "alpha train everywhere."))
+    prior_preservation: PriorPreservationData | None = Field(None, description=(
+        "text_to_image: class images (DreamBooth prior preservation) added to the train split; their share of each "
+        "epoch and loss weight are train.diffusion.prior_preservation."))
 
     @model_validator(mode="after")
     def _one_source(self) -> "IngestConfig":
@@ -105,7 +134,23 @@ class IngestConfig(Section):
                              ".csv, .jsonl or .parquet, or set ingest.table_format")
         if self.split.kind == "group" and not self.group_column:
             raise ValueError("split.kind: group needs ingest.group_column (the column naming each record's group)")
+        if self.buckets is not None and not self.bucket_sizes:
+            b = self.buckets
+            raise ValueError(f"buckets: no bucket of about {b.resolution or self.resolution}² pixels has sides that "
+                             f"are multiples of step {b.step} and a width/height between {b.min_aspect_ratio:g} and "
+                             f"{b.max_aspect_ratio:g}, so no image would have a bucket; lower buckets.step, raise "
+                             "buckets.resolution or widen the aspect ratio range")
         return self
+
+    @property
+    def bucket_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every bucket; empty when buckets are off."""
+        if self.buckets is None:
+            return []
+        from trainflow.diffusion.buckets import bucket_sizes
+
+        b = self.buckets
+        return bucket_sizes(b.resolution or self.resolution, b.step, b.min_aspect_ratio, b.max_aspect_ratio)
 
     @property
     def resolved_table_format(self) -> str:

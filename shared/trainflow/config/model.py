@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from trainflow.config.schema_base import Section
@@ -11,6 +13,10 @@ class ModelConfig(Section):
     # Text-to-image: the base diffusers pipeline.
     base: str | None = Field(None, description="Base diffusers pipeline: a local folder or a Hugging Face hub id (resolved through HF_HOME).")
     revision: str | None = None
+    family: Literal["auto", "sd", "sdxl"] = Field(
+        "auto", description="Text-to-image: the base's architecture, read from its model_index.json (auto); naming "
+                            "sd (StableDiffusionPipeline) or sdxl (StableDiffusionXLPipeline) makes a mismatched base "
+                            "an error before anything runs.")
     # Supervised tasks: an architecture by name.
     architecture: str | None = Field(
         None, description="small_cnn, mlp, seg_cnn, or a torchvision model name such as resnet18 / fcn_resnet50.")

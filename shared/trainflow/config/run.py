@@ -103,10 +103,12 @@ def _check_local_paths(config: RunConfig, config_path: Path) -> None:
         required["model.base"] = config.model.base
     from trainflow.tasks import get_task
 
-    required.update(get_task(config.task).local_paths(config))
+    task = get_task(config.task)
+    required.update(task.local_paths(config))
     for field, value in required.items():
         if value and not Path(value).expanduser().exists():
             raise ConfigError(
                 f"invalid configuration in {config_path}: {field}: path {value!r} does not exist "
                 f"(relative paths are resolved from {Path.cwd()}); fix the path or create it first"
             )
+    task.check_local_files(config)

@@ -122,6 +122,22 @@ class LoraConfig(Section):
     merge: bool = Field(False, description="Export a full UNet with the adapter merged instead of the adapter file.")
 
 
+class PriorPreservationConfig(Section):
+    """How class images (ingest.prior_preservation) mix into training, the DreamBooth way."""
+
+    ratio: float | None = Field(None, gt=0, lt=1, description=(
+        "Share of each epoch's training records that are class images (e.g. 0.5: as many as instance records, "
+        "DreamBooth's 1:1); default: all class images once per epoch, times `repeats`."))
+    repeats: int = Field(1, ge=1, description="Times each class image is drawn per epoch (when ratio is not set).")
+    loss_weight: float = Field(1.0, ge=0, description="Weight of a class image's loss against an instance image's 1.")
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> "PriorPreservationConfig":
+        if self.ratio is not None and self.repeats != 1:
+            raise ValueError("prior_preservation: set ratio (a share of each epoch) or repeats (times per epoch), not both")
+        return self
+
+
 class DiffusionTrainingConfig(Section):
     # Share of training captions replaced by the empty caption, so the model also
     # learns the unconditional prediction that classifier-free guidance needs.
@@ -133,6 +149,10 @@ class DiffusionTrainingConfig(Section):
     gradient_checkpointing: bool = False
     train_text_encoder: bool = False
     text_encoder_learning_rate: float | None = Field(None, gt=0, description="Default: the optimizer's learning rate.")
+    repeats: int = Field(1, ge=1, description="Times each training image (not class image) is drawn per epoch.")
+    prior_preservation: PriorPreservationConfig | None = Field(None, description=(
+        "Mixing of the class images ingest.prior_preservation added (needs them in the cache); without this block "
+        "they train like the other images, once per epoch, at weight 1."))
 
 
 class LossConfig(Section):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trainflow.atomic_files import atomic_write_json
 from trainflow.demo.classifier_training import train_digits_classifier
-from trainflow.demo.digits_dataset import write_digits_imagefolder
+from trainflow.demo.digits_dataset import write_digits_imagefolder, write_mixed_aspect_digits
 from trainflow.demo.tiny_stable_diffusion import build_tiny_pipeline
 from trainflow.models.image_classifier import save_classifier
 
@@ -24,6 +24,15 @@ MARKER = "assets.json"
 def demo_asset_paths(root: str | Path) -> dict[str, Path]:
     root = Path(root)
     return {"dataset": root / "digits", "base_model": root / "tiny-sd-base", "classifier": root / "digits-classifier"}
+
+
+def prepare_mixed_aspect_digits(root: str | Path) -> Path:
+    """The digits padded to landscape and portrait canvases (pipelines/configs/digits-buckets.yaml), written once."""
+    folder = Path(root) / "digits-mixed"
+    if not (folder / "metadata.jsonl").is_file():
+        count = write_mixed_aspect_digits(folder)
+        print(f"demo assets: wrote {count} digits on square, landscape and portrait canvases to {folder}")
+    return folder
 
 
 def prepare_demo_assets(root: str | Path, seed: int = 0, force: bool = False) -> dict[str, str]:

@@ -47,3 +47,31 @@ def write_digits_imagefolder(folder: str | Path, resolution: int = DEMO_RESOLUTI
             lines.append(json.dumps({"file_name": name, "text": digit_caption(int(label)), "label": int(label)}))
         (staging / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return len(images)
+
+
+def pad_to_canvas(image: Image.Image, index: int) -> Image.Image:
+    """Every third digit as is (square), the others on a black landscape (3:2) or portrait (2:3) canvas,
+    placed at a position that varies with `index`: mixed aspect ratios for ingest.buckets."""
+    side = image.width
+    shape = index % 3
+    if shape == 0:
+        return image
+    long = side * 3 // 2
+    canvas = Image.new("RGB", (long, side) if shape == 1 else (side, long))
+    offset = (index * 7) % (long - side + 1)
+    canvas.paste(image, (offset, 0) if shape == 1 else (0, offset))
+    return canvas
+
+
+def write_mixed_aspect_digits(folder: str | Path, resolution: int = DEMO_RESOLUTION) -> int:
+    """The digits imagefolder with two thirds of the images padded to landscape or portrait canvases."""
+    images, labels = digits_as_images(resolution)
+    with atomic_directory(folder) as staging:
+        (staging / "images").mkdir()
+        lines = []
+        for index, (image, label) in enumerate(zip(images, labels)):
+            name = f"images/digit-{index:04d}.png"
+            pad_to_canvas(image, index).save(staging / name)
+            lines.append(json.dumps({"file_name": name, "text": digit_caption(int(label)), "label": int(label)}))
+        (staging / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return len(images)

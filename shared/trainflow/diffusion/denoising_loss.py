@@ -37,9 +37,16 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
 
 
 def per_record_loss(prediction: torch.Tensor, target: torch.Tensor, noise_scheduler, timesteps: torch.Tensor,
-                    snr_gamma: float | None = None) -> torch.Tensor:
-    """Mean squared error per record, optionally weighted by min(SNR, gamma) (Hang et al., 2023)."""
-    losses = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=tuple(range(1, prediction.dim())))
+                    snr_gamma: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per record, optionally weighted by min(SNR, gamma) (Hang et al., 2023).
+
+    `mask` (N, 1, h, w) in 0..1 weighs each latent position (all channels alike); the mean stays over every
+    position, so a mask of ones is the unmasked loss and a zero leaves that position out of the gradient.
+    """
+    squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if mask is not None:
+        squared = squared * mask.to(squared.device, squared.dtype)
+    losses = squared.mean(dim=tuple(range(1, prediction.dim())))
     if snr_gamma is None:
         return losses
     snr = compute_snr(noise_scheduler, timesteps)
@@ -60,12 +67,15 @@ def seeded_noise(indices: torch.Tensor, shape: tuple[int, ...], num_timesteps: i
 
 
 def fixed_noise_record_losses(unet, noise_scheduler, moments: torch.Tensor, encoder_states: torch.Tensor,
-                              indices: torch.Tensor, scaling_factor: float, seed: int) -> torch.Tensor:
-    """Per-record denoising loss with the noise and timestep fixed by each record's index."""
+                              indices: torch.Tensor, scaling_factor: float, seed: int,
+                              added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-record denoising loss with the noise and timestep fixed by each record's index (and masked as in training)."""
     latents = sample_latents(moments, scaling_factor)  # the posterior mean: no sampling noise
     noise, timesteps = seeded_noise(indices.cpu(), tuple(latents.shape[1:]), noise_scheduler.config.num_train_timesteps, seed)
     noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy.to(encoder_states.dtype) if encoder_states.is_floating_point() else noisy, timesteps,
-                      encoder_hidden_states=encoder_states).sample
-    return per_record_loss(prediction, diffusion_target(noise_scheduler, latents, noise, timesteps), noise_scheduler, timesteps)
+                      encoder_hidden_states=encoder_states, added_cond_kwargs=added_cond_kwargs).sample
+    return per_record_loss(prediction, diffusion_target(noise_scheduler, latents, noise, timesteps), noise_scheduler,
+                           timesteps, mask=mask)

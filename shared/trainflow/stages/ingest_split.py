@@ -23,20 +23,18 @@ from trainflow.data.checks.image_decoding import ImageLimits
 from trainflow.data.checks.quarantine import (
     RecordRejected, bad_fraction, bad_fraction_problem, printable, quarantine_markdown, rejected_jsonl, top_reasons,
 )
-from trainflow.data.checks.record_validation import record_image, record_mask
+from trainflow.data.sources.prior_records import PriorRecords, prior_markdown, read_prior_records
+from trainflow.data.checks.record_validation import record_alpha, record_image, record_mask
+from trainflow.data.snapshot_images import SnapshotSizes, beyond_aspect_range, fit_image, fit_mask, resize_to_cover
 from trainflow.data.sources.read_source import IngestRecord, SourceData, image_limits
 from trainflow.data.split import assign_splits, effective_kind
 from trainflow.errors import UserFacingError
+from trainflow.tasks import get_task
 
 
 def resize_center_crop(image: Image.Image, resolution: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
     """Resize the shorter side to `resolution`, then crop the center square."""
-    scale = resolution / min(image.size)
-    resized = image.resize(
-        (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))), resample)
-    left = (resized.width - resolution) // 2
-    top = (resized.height - resolution) // 2
-    return resized.crop((left, top, left + resolution, top + resolution))
+    return resize_to_cover(image, resolution, resolution, resample)[0]
 
 
 def content_hash(records: list[IngestRecord]) -> str:
@@ -104,11 +102,17 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         with atomic_directory(dataset.path) as staging:  # only the rejections: no manifest, nothing to train on
             (staging / REJECTED_FILE).write_text(rejected_jsonl(rejected), encoding="utf-8")
         raise
+    prior = read_prior_records(cfg, task, model_base, seed)
+    rejected = rejected + prior.rejected
     counters: Counter[str] = Counter()
+    sizes = SnapshotSizes()
     limits = image_limits(cfg)
+    planned = [(record, assignment[record.record_id], False) for record in valid]
+    planned += [(record, "train", True) for record in prior.records]
     with atomic_directory(dataset.path) as staging:
-        lines = [json.dumps(_snapshot(record, assignment[record.record_id], counters, staging, cfg, source.kind, limits))
-                 for record in tqdm(valid, desc="ingest: snapshotting records", unit="rec", mininterval=2.0, disable=None)]
+        lines = [json.dumps(_snapshot(record, split, is_prior, counters, sizes, staging, cfg, source.kind, task, limits))
+                 for record, split, is_prior in tqdm(planned, desc="ingest: snapshotting records", unit="rec",
+                                                     mininterval=2.0, disable=None)]
         (staging / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (staging / REJECTED_FILE).write_text(rejected_jsonl(rejected), encoding="utf-8")
         atomic_write_json(staging / DATASET_INFO, _dataset_info(source, cfg, task))
@@ -117,9 +121,11 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
     summary = {
         "num_records": len(valid),
         "num_rejected": len(rejected),
-        "bad_fraction": round(bad_fraction(len(source.records), len(rejected)), 6),
+        "bad_fraction": round(bad_fraction(len(source.records), len(source.rejected)), 6),
         **{f"num_{split}": counters[split] for split in SPLITS},
-        "content_sha256": content_hash(valid),
+        **({"num_prior": len(prior.records)} if cfg.prior_preservation is not None else {}),
+        **({"num_buckets": len(sizes.per_bucket)} if cfg.buckets is not None else {}),
+        "content_sha256": content_hash(valid + prior.records),
         "kind": source.kind,
         "resolution": cfg.resolution if source.kind == "image" else 0,
         "has_labels": all(r.label is not None for r in valid),
@@ -129,7 +135,7 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         **({"num_folds": len(plan.folds)} if plan is not None else {}),
     }
     dataset.metadata.update(summary)
-    atomic_write_text(report.path, _report_markdown(summary, source, cfg))
+    atomic_write_text(report.path, _report_markdown(summary, source, cfg, sizes=sizes, prior=prior))
     if rejected:
         print(f"ingest: rejected {len(rejected)} records ({_reasons_line(source)}); see the ingest report")
     for warning in source.warnings:
@@ -142,47 +148,62 @@ def _reasons_line(source: SourceData) -> str:
                      or "none")
 
 
-def _snapshot(record: IngestRecord, split: str, counters: Counter, staging: Path, cfg: IngestConfig, kind: str,
-              limits: ImageLimits) -> dict:
+def _snapshot(record: IngestRecord, split: str, is_prior: bool, counters: Counter, sizes: SnapshotSizes, staging: Path,
+              cfg: IngestConfig, kind: str, task: str, limits: ImageLimits) -> dict:
     """The record's manifest line, with its image (and mask) written; a file that changed since its check stops ingest."""
     try:
-        return _manifest_line(record, split, counters, staging, cfg, kind, limits)
+        return _manifest_line(record, split, is_prior, counters, sizes, staging, cfg, kind, task, limits)
     except (RecordRejected, OSError) as exc:
         raise UserFacingError(f"record {printable(record.record_id)!r} changed or vanished while ingest was running "
                               f"({printable(str(exc))}); run ingest again once the data is stable") from None
 
 
-def _manifest_line(record: IngestRecord, split: str, counters: Counter, staging: Path, cfg: IngestConfig, kind: str,
-                   limits: ImageLimits) -> dict:
-    number = counters[split]
-    counters[split] += 1
+def _manifest_line(record: IngestRecord, split: str, is_prior: bool, counters: Counter, sizes: SnapshotSizes,
+                   staging: Path, cfg: IngestConfig, kind: str, task: str, limits: ImageLimits) -> dict:
+    folder = "prior" if is_prior else split  # class images are numbered apart, so the splits' numbering is unchanged
+    number = counters[folder]
+    counters[folder] += 1
     line: dict[str, Any] = {"id": record.record_id, "split": split, "sha256": record.sha256}
     if kind == "image":
-        relative = f"images/{split}/{number:07d}.png"
+        relative = f"images/{folder}/{number:07d}.png"
         (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-        resize_center_crop(record_image(record, limits), cfg.resolution).save(staging / relative)
+        original = record_image(record, limits)
+        fitted = fit_image(original, cfg)
+        fitted.image.save(staging / relative)
+        sizes.add(split, fitted.image.size, beyond_aspect_range(original, cfg))
         line["image"] = relative
+        if fitted.changed:
+            line["original_size"], line["crop_top_left"] = list(fitted.original_size), list(fitted.crop_top_left)
         mask = record_mask(record, limits)
+        if mask is None and cfg.alpha_mask:
+            mask = record_alpha(record, limits)
         if mask is not None:
-            mask_relative = f"masks/{split}/{number:07d}.png"
+            mask_relative = f"masks/{folder}/{number:07d}.png"
             (staging / mask_relative).parent.mkdir(parents=True, exist_ok=True)
-            # Nearest neighbour: class ids must not blend.
-            resize_center_crop(Image.fromarray(mask, mode="L"), cfg.resolution, Image.Resampling.NEAREST).save(staging / mask_relative)
+            # Class-id masks (the task's classes are mask values) resize without blending ids; loss weights blend.
+            class_ids = get_task(task).record_needs.classes_of == "masks"
+            fit_mask(mask, fitted.image.size, weights=not class_ids).save(staging / mask_relative)
             line["mask"] = mask_relative
     for key in ("caption", "label", "targets", "features", "group"):
         value = getattr(record, key)
         if value is not None:
             line[key] = list(value) if isinstance(value, tuple) else value
+    if is_prior:
+        line["prior"] = True
     return line
 
 
 def _dataset_info(source: SourceData, cfg: IngestConfig, task: str) -> dict[str, Any]:
-    return {"task": task, "kind": source.kind, "class_names": source.class_names, "target_names": source.target_names,
+    info = {"task": task, "kind": source.kind, "class_names": source.class_names, "target_names": source.target_names,
             "feature_names": source.feature_names, "resolution": cfg.resolution if source.kind == "image" else None,
             "split": cfg.split.model_dump(mode="json")}
+    if cfg.buckets is not None:  # (width, height) of every bucket the settings allow
+        info["buckets"] = [list(size) for size in cfg.bucket_sizes]
+    return info
 
 
-def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: IngestConfig, failure: str | None = None) -> str:
+def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: IngestConfig, failure: str | None = None,
+                     sizes: SnapshotSizes | None = None, prior: PriorRecords | None = None) -> str:
     lines = ["# Dataset ingest", "", f"Source: `{printable(cfg.source_description)}`  "]
     total = len(source.records) + len(source.rejected)
     lines.append(f"Checked {total} records: kept {len(source.records)}, rejected {len(source.rejected)} "
@@ -195,5 +216,9 @@ def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: In
         lines += [f"Split ({summary['split_kind']}): train {summary['num_train']}, val {summary['num_val']}, "
                   f"test {summary['num_test']} of {summary['num_records']} records; content sha256 "
                   f"`{summary['content_sha256'][:16]}…`", ""]
-    lines += quarantine_markdown(source.rejected, source.warnings)
+        if prior is not None and cfg.prior_preservation is not None:
+            lines += prior_markdown(prior, cfg)
+        if sizes is not None and cfg.buckets is not None:
+            lines += sizes.markdown(cfg)
+    lines += quarantine_markdown(source.rejected + (prior.rejected if prior else []), source.warnings)
     return "\n".join(lines) + "\n"

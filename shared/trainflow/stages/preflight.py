@@ -13,6 +13,7 @@ the run never computes) can still fail a later, retried task.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ def _require_path(field: str, value: str | None, platform: PlatformConfig | None
 
 
 def _check_data(ingest: IngestConfig, platform: PlatformConfig | None) -> list[str]:
+    if ingest.prior_preservation is not None:
+        found = _require_path("ingest.prior_preservation.dataset_dir", ingest.prior_preservation.dataset_dir, platform,
+                              folder=True)
+        return [found, *_check_data(ingest.model_copy(update={"prior_preservation": None}), platform)]
     if ingest.dataset_dir:
         return [_require_path("ingest.dataset_dir", ingest.dataset_dir, platform, folder=True)]
     if ingest.table:
@@ -67,6 +72,7 @@ def _check_data(ingest: IngestConfig, platform: PlatformConfig | None) -> list[s
 # The parts trainflow.diffusion.model_loading loads (its REQUIRED_PARTS; a test keeps the two equal),
 # repeated here so that preflight does not import diffusers and transformers (seconds on a small pod).
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_PARTS = ("text_encoder_2", "tokenizer_2")  # what StableDiffusionXLPipeline folders hold beside those
 
 
 def _check_base_model(model: ModelConfig, platform: PlatformConfig | None) -> list[str]:
@@ -81,7 +87,7 @@ def _check_base_model(model: ModelConfig, platform: PlatformConfig | None) -> li
 
         try:  # look only: a download here would run on the preflight pod, which has no retries
             folder = Path(snapshot_download(model.base, revision=model.revision,
-                                            allow_patterns=["model_index.json", *[f"{p}/*" for p in PIPELINE_PARTS]],
+                                            allow_patterns=["model_index.json", *[f"{p}/*" for p in PIPELINE_PARTS + SDXL_PARTS]],
                                             local_files_only=True))
         except LocalEntryNotFoundError:
             if not _hub_offline():
@@ -92,11 +98,23 @@ def _check_base_model(model: ModelConfig, platform: PlatformConfig | None) -> li
                 f"model.base: '{model.base}' is not in the Hugging Face cache under HF_HOME={home} and HF_HUB_OFFLINE "
                 f"is set; download it where the hub is reachable (`hf download {model.base}`) and copy the cache "
                 "into the weights-cache volume, or set model.base to a local pipeline folder") from None
-    missing = [part for part in PIPELINE_PARTS if not (folder / part).is_dir()]
+    if (folder / "model_index.json").is_file() and _pipeline_class(folder) is not None:
+        from trainflow.diffusion.model_families import detect_family
+
+        detect_family(folder, model.family)  # an unsupported pipeline, or another family than model.family says
+    parts = PIPELINE_PARTS + (SDXL_PARTS if _pipeline_class(folder) == "StableDiffusionXLPipeline" else ())
+    missing = [part for part in parts if not (folder / part).is_dir()]
     if missing:
         raise MissingWeightsError(f"model.base: {folder} lacks {', '.join(missing)}; a diffusers pipeline folder "
-                                  f"needs {', '.join(PIPELINE_PARTS)}")
+                                  f"needs {', '.join(parts)}")
     return [f"model.base: {model.base} found at {folder}"]
+
+
+def _pipeline_class(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_supervised_weights(model: ModelConfig, platform: PlatformConfig | None) -> list[str]:

@@ -16,7 +16,9 @@ from trainflow.config import ModelConfig, ScoreConfig, parse_section
 from trainflow.data.manifest import read_manifest
 from trainflow.devices import pick_device
 from trainflow.diffusion.generation import generate_images, load_generation_pipeline
+from trainflow.data.cache.latent_cache_build import image_size
 from trainflow.diffusion.model_loading import resolve_pipeline_folder
+from trainflow.diffusion.validation_samples import letterbox
 from trainflow.errors import UserFacingError
 from trainflow.metrics import generation_metrics as gm
 from trainflow.metrics import image_quality as iq
@@ -31,8 +33,9 @@ GENERATION_SEED_OFFSET = 3_000_003
 
 
 def _load_reference(dataset_dir: Path, images: list[str]) -> torch.Tensor:
-    arrays = [np.asarray(Image.open(dataset_dir / rel).convert("RGB"), dtype=np.uint8) for rel in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    """The test images in [0, 1], letterboxed onto one canvas when their sizes differ (ingest.buckets)."""
+    arrays = [np.array(Image.open(dataset_dir / rel).convert("RGB"), dtype=np.uint8) for rel in images]
+    return letterbox([torch.from_numpy(array).permute(2, 0, 1).float() / 255.0 for array in arrays])
 
 
 def score_generation(
@@ -62,7 +65,10 @@ def score_generation(
         if cfg.generation.max_prompts is not None and len(entries) > cfg.generation.max_prompts:
             entries = sorted(random.Random(seed).sample(entries, cfg.generation.max_prompts), key=lambda e: e.record_id)
         captions = [e.caption for e in entries]
+        # Mixed sizes (ingest.buckets): each caption is drawn at its test image's size, and generated and real
+        # images alike are scored letterboxed onto one canvas.
         real = _load_reference(dataset_root, [e.image for e in entries])
+        sizes = [image_size(dataset_root / e.image) for e in entries]
         resolution = real.shape[-1]
         real_features = _reference_features(cfg, extractor, dataset_root, entries, real)
         gm.check_informative(real_features, "the real test images")
@@ -77,6 +83,7 @@ def score_generation(
             generated[prefix] = iq.quantise_like_png(generate_images(
                 pipe, captions, resolution, cfg.generation.num_inference_steps, cfg.generation.guidance_scale,
                 cfg.generation.batch_size, seed + GENERATION_SEED_OFFSET, label="base model" if prefix else "fine-tuned model",
+                sizes=sizes,
             ))
             del pipe
 

@@ -140,6 +140,9 @@ class TaskDefinition(abc.ABC):
         """Config fields holding local paths this task reads (field -> path), checked to exist at load time."""
         return {}
 
+    def check_local_files(self, config: "RunConfig") -> None:
+        """Checks of local files' contents at load time (after local_paths exist); ConfigError naming the field."""
+
     # ------------------------------------------------------------------ data and training
     @abc.abstractmethod
     def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: "ModelConfig", cache_cfg: "CacheConfig") -> dict[str, Any]:

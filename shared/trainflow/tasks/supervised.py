@@ -169,6 +169,11 @@ class SupervisedDefinition(TaskDefinition):
         if model is not None and not model.architecture:
             raise ValueError(f"model.architecture: task {self.name} needs an architecture (small_cnn, mlp, seg_cnn, resnet18, ...)")
         if ingest is not None:
+            for field in ("buckets", "prior_preservation"):
+                if getattr(ingest, field) is not None:
+                    raise ValueError(f"ingest.{field}: applies to text_to_image only, not {self.name}")
+            if ingest.alpha_mask:
+                raise ValueError(f"ingest.alpha_mask: applies to text_to_image only, not {self.name}")
             self.check_ingest(ingest)
         super().check_config(ingest, model, train)
         if train is not None and train.diffusion != DiffusionTrainingConfig():

@@ -1,27 +1,45 @@
-"""Text-to-image fine-tuning of a Stable-Diffusion-architecture UNet on cached latents.
+"""Text-to-image fine-tuning of a Stable Diffusion (1.x/2.x or XL) UNet on cached latents.
 
 Training never runs the VAE: the cache holds each image's posterior and each
 caption's embedding (and token ids, for training the text encoder); only the
 validation sample grids for TensorBoard decode through it. Options:
 epsilon or v-prediction (from the base scheduler), min-SNR-gamma weighting,
 offset noise, input perturbation, caption dropout for classifier-free guidance,
-LoRA through peft, gradient checkpointing, text-encoder training.
+LoRA through peft, gradient checkpointing, text-encoder training, loss masks
+(ingest masks, area-averaged to the latent grid), class images for prior preservation
+at their own loss weight and per-dataset repeats (diffusion.prior_mix). The family's differences (sdxl's
+second text encoder, pooled embedding and time ids) live in diffusion.model_families.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
+from torch.utils.data import default_collate
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from trainflow.config import DiffusionTrainingConfig
+from trainflow.diffusion.denoising_loss import (
+    check_prediction_type, fixed_noise_record_losses,
+)
+from trainflow.data.cache.latent_cache import (
+    CachedLatents, has_buckets, read_cache_attrs, read_uncond_embedding, read_uncond_input_ids, read_uncond_record,
+)
+from trainflow.diffusion.lora import merged_unet_folder, save_lora_adapter
+from trainflow.diffusion.model_families import SD, ModelFamily, detect_family, prompt_embeddings
+from trainflow.diffusion.model_loading import copy_pipeline_parts
+from trainflow.diffusion.prior_mix import MixedTrainRecords, needs_mixing
+from trainflow.diffusion.validation_samples import validation_sample_images
+from trainflow.errors import ConfigError
 from trainflow.tasks.definition import MetricSpec, RecordNeeds, Reference, TaskDefinition, TestRequest
 
-if TYPE_CHECKING:  # diffusers and transformers load in seconds: only when a model is built, not to read a config
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
 
 VALIDATION_SEED_OFFSET = 1_000_003  # validation noise differs from the test split's, fixed per record
 # Validation sample grids show progress, not final quality: a few deterministic DDIM steps keep them cheap.
@@ -30,37 +48,63 @@ SAMPLE_GUIDANCE_SCALE = 5.0
 
 
 class DiffusionModel(nn.Module):
-    """What training changes: the UNet, and the text encoder when it is trained."""
+    """What training changes: the UNet, and the text encoder(s) when they are trained (sdxl has two)."""
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None) -> None:
+    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel | None,
+                 text_encoder_2: nn.Module | None = None, family: ModelFamily = SD) -> None:
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.family = family
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     def encoder_states(self, text: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(input_ids)[0] if self.text_encoder is not None else text
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, timesteps, encoder_hidden_states=self.encoder_states(text, input_ids)).sample
+    def conditioning(self, text: torch.Tensor, input_ids: torch.Tensor, pooled: torch.Tensor | None = None,
+                     input_ids_2: torch.Tensor | None = None, time_ids: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """(states the UNet cross-attends to, its added_cond_kwargs or None): from the trained encoders when
+        there are any, else from the cache's embeddings."""
+        if self.text_encoder is not None:
+            text, pooled = prompt_embeddings(self.family, self.text_encoders, [input_ids, input_ids_2][:len(self.text_encoders)])
+        return text, {"text_embeds": pooled, "time_ids": time_ids} if self.family.takes_time_ids else None
+
+    def batch_conditioning(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return self.conditioning(batch["text"], batch["input_ids"], batch.get("pooled"), batch.get("input_ids_2"),
+                                 batch.get("time_ids"))
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, input_ids: torch.Tensor,
+                pooled: torch.Tensor | None = None, input_ids_2: torch.Tensor | None = None,
+                time_ids: torch.Tensor | None = None) -> torch.Tensor:
+        states, added = self.conditioning(text, input_ids, pooled, input_ids_2, time_ids)
+        return self.unet(noisy, timesteps, encoder_hidden_states=states, added_cond_kwargs=added).sample
 
 
 class TextToImageTask:
     name = "text_to_image"
 
-    def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int) -> None:
-        from diffusers import DDPMScheduler
-
-        from trainflow.data.cache.latent_cache import read_cache_attrs, read_uncond_embedding, read_uncond_input_ids
-        from trainflow.diffusion.denoising_loss import check_prediction_type
-
+    def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int,
+                 family: str = "auto") -> None:
         self.base_folder, self.cache_dir, self.cfg, self.seed = Path(base_folder), Path(cache_dir), cfg, seed
-        self.scaling_factor = float(read_cache_attrs(cache_dir)["scaling_factor"])
+        attrs = read_cache_attrs(cache_dir)
+        self.family = check_cache_family(detect_family(self.base_folder, family), attrs, self.cache_dir)
+        self.scaling_factor = float(attrs["scaling_factor"])
+        self.uncond = read_uncond_record(cache_dir)
         self.uncond_text = read_uncond_embedding(cache_dir)
         self.uncond_ids = read_uncond_input_ids(cache_dir)
         self.noise_scheduler = DDPMScheduler.from_pretrained(self.base_folder / "scheduler")
         self.prediction_type = check_prediction_type(self.noise_scheduler, f"{self.base_folder / 'scheduler'}")
         self._sample_vae: AutoencoderKL | None = None  # loaded on the first validation that draws images
         self._sample_records: tuple[int, dict[str, torch.Tensor]] | None = None  # (count asked, its val records)
+        if self.family.takes_time_ids or has_buckets(cache_dir):
+            # validation_images below draws one size with the SD pipeline; sdxl and bucketed caches draw through
+            # diffusion.validation_samples (one path once validation prompts land there).
+            self.validation_images = functools.partial(validation_sample_images, self)
 
     # ------------------------------------------------------------ model and data
     def build_model(self) -> DiffusionModel:
@@ -70,20 +114,23 @@ class TextToImageTask:
         from trainflow.diffusion.lora import add_lora
 
         unet = UNet2DConditionModel.from_pretrained(self.base_folder / "unet")
-        text_encoder = CLIPTextModel.from_pretrained(self.base_folder / "text_encoder") if self.cfg.train_text_encoder else None
+        encoders = ([cls.from_pretrained(self.base_folder / part)
+                     for cls, part in zip((CLIPTextModel, CLIPTextModelWithProjection), self.family.text_encoders)]
+                    if self.cfg.train_text_encoder else [])
         if self.cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-            if text_encoder is not None:
-                text_encoder.activation_checkpointing_enable()
+            for encoder in encoders:
+                encoder.activation_checkpointing_enable()
         if self.cfg.lora is not None:
-            add_lora(unet, self.cfg.lora, text_encoder)
-        model = DiffusionModel(unet, text_encoder)
+            add_lora(unet, self.cfg.lora, *encoders)
+        model = DiffusionModel(unet, *(encoders or [None]), family=self.family)
         return model.train()
 
-    def train_dataset(self):
-        from trainflow.data.cache.latent_cache import CachedLatents
-
-        return CachedLatents(self.cache_dir, "train")
+    def train_dataset(self) -> CachedLatents | MixedTrainRecords:
+        records = CachedLatents(self.cache_dir, "train")
+        if not needs_mixing(records, self.cfg.repeats, self.cfg.prior_preservation):
+            return records
+        return MixedTrainRecords(records, self.cfg.repeats, self.cfg.prior_preservation, self.seed)
 
     def val_dataset(self):
         from trainflow.data.cache.latent_cache import CachedLatents
@@ -111,20 +158,25 @@ class TextToImageTask:
         model_noise = noise + cfg.input_perturbation * torch.randn_like(noise) if cfg.input_perturbation else noise
         noisy = scheduler.add_noise(latents, model_noise, timesteps)
         text, input_ids = batch["text"], batch["input_ids"]
+        extra = {name: batch[name] for name in ("pooled", "input_ids_2", "time_ids") if name in batch}
         if cfg.caption_dropout > 0:
             drop = torch.rand(size, device=latents.device) < cfg.caption_dropout
-            text = torch.where(drop[:, None, None], self.uncond_text.to(text.device, text.dtype).expand_as(text), text)
-            input_ids = torch.where(drop[:, None], self.uncond_ids.to(input_ids.device).expand_as(input_ids), input_ids)
-        prediction = model(noisy, timesteps, text, input_ids)
+            text, input_ids = caption_dropped(drop, self.uncond["text"], text), caption_dropped(drop, self.uncond["input_ids"], input_ids)
+            for name in ("pooled", "input_ids_2"):
+                if name in extra:
+                    extra[name] = caption_dropped(drop, self.uncond[name], extra[name])
+        prediction = model(noisy, timesteps, text, input_ids, **extra)
         target = diffusion_target(scheduler, latents, noise, timesteps)
-        return per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma).mean()
+        losses = per_record_loss(prediction, target, scheduler, timesteps, cfg.snr_gamma, batch.get("loss_mask"))
+        if "prior" in batch and cfg.prior_preservation is not None:  # DreamBooth: class images at their own weight
+            losses = losses * torch.where(batch["prior"], cfg.prior_preservation.loss_weight, 1.0)
+        return losses.mean()
 
     def validation_step(self, model: DiffusionModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
-
-        states = model.encoder_states(batch["text"], batch["input_ids"])
+        states, added = model.batch_conditioning(batch)
         losses = fixed_noise_record_losses(model.unet, self.noise_scheduler, batch["moments"], states, batch["index"],
-                                           self.scaling_factor, self.seed + VALIDATION_SEED_OFFSET)
+                                           self.scaling_factor, self.seed + VALIDATION_SEED_OFFSET, added,
+                                           batch.get("loss_mask"))
         return {"loss_sum": losses.sum(), "count": torch.tensor(float(losses.numel()), device=losses.device)}
 
     def finalize_validation(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -166,24 +218,36 @@ class TextToImageTask:
 
     # ------------------------------------------------------------ export
     def export(self, model: DiffusionModel, folder: Path) -> None:
-        """A complete diffusers pipeline folder: the base's parts plus what training changed."""
-        from trainflow.diffusion.lora import merged_unet_folder, save_lora_adapter
-        from trainflow.diffusion.model_loading import copy_pipeline_parts
-
+        """A complete diffusers pipeline folder (the family's stock class loads it): the base's parts plus what
+        training changed."""
         folder = Path(folder)
-        trained_text = model.text_encoder is not None
+        trained_text = self.family.text_encoders if model.text_encoder is not None else ()
         if self.cfg.lora is not None and not self.cfg.lora.merge:
             copy_pipeline_parts(self.base_folder, folder)
-            save_lora_adapter(folder, model.unet, model.text_encoder)
+            save_lora_adapter(folder, self.family, model.unet, *model.text_encoders)
             return
-        replaced = ("unet", "text_encoder") if trained_text else ("unet",)
-        copy_pipeline_parts(self.base_folder, folder, replaced=replaced)
+        copy_pipeline_parts(self.base_folder, folder, replaced=("unet", *trained_text))
         if self.cfg.lora is not None:
-            merged_unet_folder(self.base_folder, model.unet, model.text_encoder, folder)
+            merged_unet_folder(self.base_folder, self.family, model.unet, model.text_encoders, folder)
             return
         model.unet.save_pretrained(folder / "unet", safe_serialization=True)
-        if trained_text:
-            model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        for part, encoder in zip(trained_text, model.text_encoders):
+            encoder.save_pretrained(folder / part, safe_serialization=True)
+
+
+def caption_dropped(drop: torch.Tensor, empty: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` with the records where `drop` is set replaced by the empty caption's (classifier-free guidance)."""
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    return torch.where(drop.view(shape), empty.to(values.device, values.dtype).expand_as(values), values)
+
+
+def check_cache_family(family: ModelFamily, attrs: dict, cache_dir: Path) -> ModelFamily:
+    """The base's family, when the cache was encoded by the same family's text encoders; else ConfigError."""
+    cached = attrs.get("family", "sd")
+    if cached != family.name:
+        raise ConfigError(f"model.base: the cache in {cache_dir} was encoded for a {cached!r} base but model.base is "
+                          f"{family.name!r}; rebuild the cache with this base (run build_cache again)")
+    return family
 
 
 
@@ -232,29 +296,34 @@ class TextToImagePredictor:
 
 
 @torch.no_grad()
-def test_losses(unet, text_encoder, cache_dir: Path, scheduler_folder: Path, batch_size: int, device: torch.device,
-                precision: str, seed: int) -> torch.Tensor:
-    """Per-record test loss with the noise and timestep fixed by each record's index, identical for every model."""
-    from diffusers import DDPMScheduler
-    from torch.utils.data import DataLoader
+def test_losses(unet, text_encoders, cache_dir: Path, model_folder: Path, batch_size: int, device: torch.device,
+                precision: str, seed: int, family: str = "auto") -> torch.Tensor:
+    """Per-record test loss with the noise and timestep fixed by each record's index, identical for every model.
 
-    from trainflow.data.cache.latent_cache import CachedLatents, read_cache_attrs
-    from trainflow.diffusion.denoising_loss import fixed_noise_record_losses
+    Batches keep to one bucket (a bucketed cache holds several latent sizes); `model_folder` gives the scheduler
+    and the family, checked against the family the cache was encoded for.
+    """
     from trainflow.errors import UserFacingError
+    from trainflow.training.bucketed_batches import bucket_batches
+    from trainflow.training.task import move_to_device
 
     test_set = CachedLatents(cache_dir, "test")
     if len(test_set) == 0:
         raise UserFacingError("the test split is empty; ingest more records or change ingest.split")
-    scaling = float(read_cache_attrs(cache_dir)["scaling_factor"])
-    scheduler = DDPMScheduler.from_pretrained(Path(scheduler_folder) / "scheduler")
-    unet, text_encoder = unet.to(device).eval(), text_encoder.to(device).eval() if text_encoder is not None else None
-    losses = []
+    attrs = read_cache_attrs(cache_dir)
+    scaling = float(attrs["scaling_factor"])
+    scheduler = DDPMScheduler.from_pretrained(Path(model_folder) / "scheduler")
+    checked = check_cache_family(detect_family(Path(model_folder), family), attrs, Path(cache_dir))
+    model = DiffusionModel(unet, *(text_encoders or [None]), family=checked).to(device).eval()
+    losses = torch.zeros(len(test_set), dtype=torch.float64)
     with autocast_for(precision, device):
-        for batch in DataLoader(test_set, batch_size=batch_size, shuffle=False):
-            text = text_encoder(batch["input_ids"].to(device))[0] if text_encoder is not None else batch["text"].to(device)
-            losses.append(fixed_noise_record_losses(unet, scheduler, batch["moments"].to(device), text, batch["index"],
-                                                    scaling, seed + TEST_SEED_OFFSET).double().cpu())
-    return torch.cat(losses)
+        for indices in bucket_batches(test_set, range(len(test_set)), batch_size):
+            batch = move_to_device(default_collate([test_set[i] for i in indices]), device)
+            states, added = model.batch_conditioning(batch)
+            losses[indices] = fixed_noise_record_losses(
+                model.unet, scheduler, batch["moments"], states, batch["index"], scaling, seed + TEST_SEED_OFFSET,
+                added, batch.get("loss_mask")).double().cpu()
+    return losses
 
 
 class TextToImageDefinition(TaskDefinition):
@@ -300,7 +369,16 @@ class TextToImageDefinition(TaskDefinition):
             paths["score.fid_features.path"] = score.fid_features.path
         if score.prompt_classifier:
             paths["score.prompt_classifier"] = score.prompt_classifier
+        if config.ingest.prior_preservation is not None:
+            paths["ingest.prior_preservation.dataset_dir"] = config.ingest.prior_preservation.dataset_dir
         return paths
+
+    def check_local_files(self, config) -> None:
+        from trainflow.config import looks_like_local_path
+        from trainflow.diffusion.model_families import detect_family
+
+        if config.model.base and looks_like_local_path(config.model.base):
+            detect_family(Path(config.model.base).expanduser(), config.model.family)  # an SDXL config on an SD base, ...
 
     def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg, cache_cfg) -> dict[str, Any]:
         from trainflow.data.cache.latent_cache_build import build_latent_cache
@@ -312,7 +390,8 @@ class TextToImageDefinition(TaskDefinition):
     def training_task(self, cache_dir: Path, model_cfg, train_cfg, seed: int) -> TextToImageTask:
         from trainflow.diffusion.model_loading import resolve_pipeline_folder
 
-        return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion, seed)
+        return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion,
+                               seed, model_cfg.family)
 
     def test_outputs(self, request: TestRequest):
         """Per-record test losses of the fine-tuned (best) model, the base model and the last checkpoint."""
@@ -325,9 +404,9 @@ class TextToImageDefinition(TaskDefinition):
         cache_dir, model_dir, last = Path(request.cache_dir), Path(request.model_dir), request.last
         precision = request.record.get("mixed_precision", "no")
 
-        def losses(unet, text_encoder) -> torch.Tensor:
-            return test_losses(unet, text_encoder, cache_dir, model_dir, request.evaluate_cfg.batch_size, request.device,
-                               precision, request.seed)
+        def losses(unet, text_encoders) -> torch.Tensor:
+            return test_losses(unet, text_encoders, cache_dir, model_dir, request.evaluate_cfg.batch_size, request.device,
+                               precision, request.seed, request.model_cfg.family)
 
         base = resolve_pipeline_folder(request.model_cfg.base, request.model_cfg.revision)
         outputs = {"best": losses(*load_trained_parts(model_dir)), "base": losses(*load_trained_parts(base))}
@@ -336,7 +415,7 @@ class TextToImageDefinition(TaskDefinition):
             try:
                 model = load_checkpoint_weights(
                     self.training_task(cache_dir, request.model_cfg, train_cfg, request.seed).build_model(), last.checkpoint)
-                outputs["last"] = losses(model.unet, model.text_encoder)
+                outputs["last"] = losses(model.unet, model.text_encoders)
             except ValueError as error:
                 last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
         return RecordOutputs(self.name, [], None, outputs, test_record_ids(cache_dir), read_cache_dataset_hash(cache_dir))

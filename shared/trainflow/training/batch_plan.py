@@ -9,7 +9,8 @@ the next batch even if an out-of-memory retry changed the micro-batch size.
 
 One DataLoader serves every epoch (built by trainflow.data.loading.loader_factory), so
 persistent workers keep their open files and caches; only its batch plan
-changes. A dataset that augments (`takes_sample_keys`) receives
+changes. A dataset with `bucket_ids` in several buckets (aspect-ratio buckets) gets
+steps that each hold one bucket (trainflow.training.bucketed_batches), seeded the same way. A dataset that augments (`takes_sample_keys`) receives
 SampleKey(index, epoch, seed) instead of an index, so a record is augmented the
 same way whichever worker reads it and whether or not the run was resumed.
 The loader handed to the engine is a MonitoredLoader: its `step_fields()` adds
@@ -26,6 +27,9 @@ from trainflow.config.data_loading import DataLoadingConfig
 from trainflow.data.loading.loader_factory import PlannedBatches, loader_options, takes_sample_keys
 from trainflow.data.loading.loader_monitor import MonitoredLoader
 from trainflow.errors import ConfigError
+from trainflow.training.bucketed_batches import (
+    bucket_batches, bucketed_epoch_order, bucketed_steps_per_epoch, distinct_buckets, unreachable_buckets,
+)
 from trainflow.training.distributed import ProcessInfo
 
 
@@ -46,14 +50,26 @@ class EpochPlan:
         self.loading = loading
         self.sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                           seed=seed, drop_last=False)
+        # Records of several shapes (aspect-ratio buckets): every step from one bucket (training.bucketed_batches).
+        self.bucket_ids = dataset.bucket_ids if distinct_buckets(dataset) > 1 else None
+        if self.bucket_ids is not None and info.is_main:
+            for bucket, count in unreachable_buckets(self.bucket_ids, records_per_step, info.world_size).items():
+                print(f"train: warning: bucket {_bucket_name(dataset, bucket)} holds {count} train records, fewer than "
+                      f"one optimizer step ({records_per_step * info.world_size}); training never sees them. Lower "
+                      "train.batch_size or widen ingest.buckets (fewer, larger buckets)", flush=True)
         self._batches = PlannedBatches(takes_sample_keys(dataset))
         self._loader: DataLoader | None = None
         self._loader_settings: tuple | None = None
 
     def steps_per_epoch(self) -> int:
+        if self.bucket_ids is not None:
+            return bucketed_steps_per_epoch(self.bucket_ids, self.records_per_step, self.info.world_size)
         return len(self.sampler) // self.records_per_step
 
     def indices(self, epoch: int) -> list[int]:
+        if self.bucket_ids is not None:
+            return bucketed_epoch_order(self.bucket_ids, self.seed, epoch, self.info.rank, self.info.world_size,
+                                        self.records_per_step)
         self.sampler.set_epoch(epoch)
         usable = self.steps_per_epoch() * self.records_per_step
         return list(self.sampler)[:usable]
@@ -74,11 +90,17 @@ class EpochPlan:
         return MonitoredLoader(self._loader)
 
 
+def _bucket_name(dataset: Dataset, bucket: int) -> str:
+    sizes = getattr(dataset, "bucket_sizes", None)
+    return f"{sizes[bucket][1]}x{sizes[bucket][0]} (width x height)" if sizes else str(bucket)
+
+
 def validation_loader(dataset: Dataset, info: ProcessInfo, batch_size: int, num_workers: int | str, pin_memory: bool,
                       collate_fn: Callable | None = None) -> DataLoader:
-    """This rank's disjoint share of the validation set, in order, without the padding DistributedSampler adds."""
-    indices = list(range(info.rank, len(dataset), info.world_size))
+    """This rank's disjoint share of the validation set, in order, without the padding DistributedSampler adds;
+    a batch never mixes buckets."""
+    indices = range(info.rank, len(dataset), info.world_size)
     batches = PlannedBatches(keyed=False)
-    batches.set_plan([indices[i: i + batch_size] for i in range(0, len(indices), batch_size)], 0, 0)
+    batches.set_plan(bucket_batches(dataset, indices, batch_size), 0, 0)
     options = loader_options(num_workers, pin_memory, None, 0, collate_fn=collate_fn, persistent=False)
     return DataLoader(dataset, batch_sampler=batches, **options)

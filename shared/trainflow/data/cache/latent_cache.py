@@ -1,14 +1,20 @@
 """The HDF5 cache of VAE latents and text embeddings, written once per dataset.
 
     latents.h5
-        attrs: scaling_factor, base_model, dataset_sha256, resolution
+        attrs: scaling_factor, base_model, dataset_sha256, latent_channels, cache_key, family (sd | sdxl)
         uncond_embedding            (1, tokens, dim)   embedding of the empty caption
         uncond_input_ids            (1, tokens)        token ids of the empty caption
+        uncond_pooled_embedding, uncond_input_ids_2    sdxl: the same for the second text encoder
         <split>/latent_moments      (N, 2C, h, w)      VAE posterior mean and log-variance
         train/latent_moments_flipped (N, 2C, h, w)     the same of the mirrored image (cache.flip_latents)
-        <split>/text_embeddings     (N, tokens, dim)
+        <split>/loss_masks          (N, 1, h, w)       per-latent loss weight in 0..1 (when ingest found masks)
+        <split>/text_embeddings     (N, tokens, dim)   sdxl: both encoders' penultimate states, concatenated
         <split>/input_ids           (N, tokens)        caption token ids (to train the text encoder)
+        <split>/pooled_text_embeddings (N, dim2), input_ids_2 (N, tokens), time_ids (N, 6)   sdxl only
+        <split>/prior               (N,) uint8         1 for class images (prior preservation), train only
         <split>/record_ids, captions (N,) strings;  labels (N,) int, -1 when unknown
+    A split of several image sizes (ingest.buckets) keeps its latent arrays per size instead:
+        <split>/bucket_sizes (B, 2) pixel (h, w);  bucket_of, bucket_row (N,);  buckets/<b>/latent_moments ...
 
 Caching the posterior (not one sample) keeps training's latent noise honest:
 each step draws a fresh latent from it, as training from pixels would.
@@ -29,6 +35,8 @@ from trainflow.errors import UserFacingError
 CACHE_FILE = "latents.h5"
 FLIPPED = "latent_moments_flipped"
 FLIP_STEP = 1_000_003  # step number of the flip draw in step_seed, apart from any transform's steps
+LATENT_NAMES = ("latent_moments", FLIPPED, "loss_masks")  # per bucket
+RECORD_ARRAYS = ("text_embeddings", "input_ids", "pooled_text_embeddings", "input_ids_2", "time_ids", "prior")
 
 
 def cache_file(cache_dir: str | Path) -> Path:
@@ -53,6 +61,20 @@ def read_uncond_input_ids(cache_dir: str | Path) -> torch.Tensor:
         return torch.from_numpy(handle["uncond_input_ids"][()]).long()
 
 
+def read_uncond_record(cache_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The empty caption as a batch of one: text and input_ids, and for sdxl pooled and input_ids_2."""
+    names = {"uncond_embedding": "text", "uncond_input_ids": "input_ids", "uncond_pooled_embedding": "pooled",
+             "uncond_input_ids_2": "input_ids_2"}
+    with h5py.File(cache_file(cache_dir), "r") as handle:
+        return {key: _tensor(handle[name][()]) for name, key in names.items() if name in handle}
+
+
+def has_buckets(cache_dir: str | Path) -> bool:
+    """Whether any split holds images of several sizes (ingest.buckets)."""
+    with h5py.File(cache_file(cache_dir), "r") as handle:
+        return any("bucket_of" in handle[split] for split in handle if isinstance(handle[split], h5py.Group))
+
+
 def split_size(cache_dir: str | Path, split: str) -> int:
     with h5py.File(cache_file(cache_dir), "r") as handle:
         return len(handle[split]["record_ids"]) if split in handle else 0
@@ -60,9 +82,13 @@ def split_size(cache_dir: str | Path, split: str) -> int:
 
 class CachedLatents(Dataset):
     """One split's records as dicts: index, moments, text (embedding), input_ids; floats as float32.
+    As the cache has them also: pooled and input_ids_2 (sdxl), time_ids (sdxl), loss_mask (ingest masks),
+    prior (class images for prior preservation).
 
     `index` is the record's position in the split; validation and test seed
     their noise with it, so it must travel with the record through any loader.
+    `bucket_ids` (one int per record) names each record's latent size; the engine's
+    batch plan keeps every batch inside one bucket when there are several.
 
     Small splits are read into memory once; large ones are read per item with
     one file handle per DataLoader worker (h5py handles must not cross a fork).
@@ -81,15 +107,22 @@ class CachedLatents(Dataset):
                 raise UserFacingError(f"{self.path} has no '{split}' split; rebuild the cache from an ingest output")
             group = handle[split]
             self.length = len(group["record_ids"])
-            self.takes_sample_keys = FLIPPED in group
-            size = sum(group[name].nbytes for name in ("latent_moments", "text_embeddings", FLIPPED) if name in group)
-            if size <= in_memory_limit_bytes:
-                self._moments = torch.from_numpy(group["latent_moments"][()]).float()
-                self._flipped = torch.from_numpy(group[FLIPPED][()]).float() if self.takes_sample_keys else None
-                self._text = torch.from_numpy(group["text_embeddings"][()]).float()
-                self._ids = torch.from_numpy(group["input_ids"][()]).long()
+            self.record_names = [n for n in RECORD_ARRAYS if n in group]
+            self.prior_flags = group["prior"][()].astype(bool) if "prior" in group else None  # class images
+            buckets = _bucket_groups(group)
+            self.latent_names = [n for n in LATENT_NAMES if n in buckets[0]]
+            self.takes_sample_keys = FLIPPED in self.latent_names
+            if "bucket_of" in group:
+                self.bucket_ids, self._rows = group["bucket_of"][()], group["bucket_row"][()]
+                self.bucket_sizes = [tuple(int(v) for v in hw) for hw in group["bucket_sizes"][()]]
             else:
-                self._moments = self._flipped = self._text = self._ids = None
+                self.bucket_ids, self._rows = np.zeros(self.length, dtype=np.int64), np.arange(self.length)
+                self.bucket_sizes = []
+            size = sum(g[n].nbytes for g in buckets for n in self.latent_names) + sum(group[n].nbytes for n in self.record_names)
+            self._records = ({name: _tensor(group[name][()]) for name in self.record_names}
+                             if size <= in_memory_limit_bytes else None)
+            self._latents = ([{name: _tensor(g[name][()]) for name in self.latent_names} for g in buckets]
+                             if size <= in_memory_limit_bytes else None)
         self._handle: h5py.File | None = None
 
     def __len__(self) -> int:
@@ -101,19 +134,41 @@ class CachedLatents(Dataset):
 
     def __getitem__(self, key: int | SampleKey) -> dict[str, torch.Tensor]:
         index, mirrored = int(key.index if isinstance(key, SampleKey) else key), self.mirrored(key)
-        if self._moments is not None:
-            moments = (self._flipped if mirrored else self._moments)[index]
-            return {"index": torch.tensor(index), "moments": moments, "text": self._text[index],
-                    "input_ids": self._ids[index]}
-        if self._handle is None:
-            self._handle = h5py.File(self.path, "r")  # opened per worker process: h5py handles must not cross a fork
-        group = self._handle[self.split]
-        return {
-            "index": torch.tensor(index),
-            "moments": torch.from_numpy(np.asarray(group[FLIPPED if mirrored else "latent_moments"][index], dtype=np.float32)),
-            "text": torch.from_numpy(np.asarray(group["text_embeddings"][index], dtype=np.float32)),
-            "input_ids": torch.from_numpy(np.asarray(group["input_ids"][index], dtype=np.int64)),
-        }
+        bucket, row = int(self.bucket_ids[index]), int(self._rows[index])
+        if self._latents is not None:
+            latents, records = self._latents[bucket], {name: values[index] for name, values in self._records.items()}
+            latents = {name: values[row] for name, values in latents.items()}
+        else:
+            if self._handle is None:
+                self._handle = h5py.File(self.path, "r")  # opened per worker process: h5py handles must not cross a fork
+            group = self._handle[self.split]
+            source = _bucket_groups(group)[bucket]
+            latents = {name: _tensor(np.asarray(source[name][row])) for name in self.latent_names}
+            records = {name: _tensor(np.asarray(group[name][index])) for name in self.record_names}
+        item = {"index": torch.tensor(index), "moments": latents[FLIPPED if mirrored else "latent_moments"]}
+        if "loss_masks" in latents:
+            item["loss_mask"] = torch.flip(latents["loss_masks"], dims=[-1]) if mirrored else latents["loss_masks"]
+        item["text"] = records.pop("text_embeddings")
+        item["input_ids"] = records.pop("input_ids")
+        if "prior" in records:
+            item["prior"] = records.pop("prior").bool()
+        if "pooled_text_embeddings" in records:
+            item["pooled"] = records.pop("pooled_text_embeddings")
+        item.update(records)  # input_ids_2, time_ids
+        return item
+
+
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    """float32 for floating arrays (the cache may store float16), int64 for ids."""
+    tensor = torch.from_numpy(values)
+    return tensor.float() if tensor.is_floating_point() else tensor.long()
+
+
+def _bucket_groups(group: h5py.Group) -> list[h5py.Group]:
+    """Where each bucket's latent arrays are: buckets/<b>, or the split itself when it has one size."""
+    if "buckets" not in group:
+        return [group]
+    return [group["buckets"][str(b)] for b in range(len(group["buckets"]))]
 
 
 def sample_latents(moments: torch.Tensor, scaling_factor: float, noise: torch.Tensor | None = None) -> torch.Tensor:

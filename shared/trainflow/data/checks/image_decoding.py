@@ -121,6 +121,20 @@ def image_array_to_rgb(array: np.ndarray, limits: ImageLimits) -> Image.Image:
     return image
 
 
+def alpha_channel(image: Image.Image | np.ndarray) -> np.ndarray | None:
+    """An image's alpha channel as uint8 (H, W), or None when it has no transparency (text_to_image loss masks)."""
+    if isinstance(image, np.ndarray):
+        return np.ascontiguousarray(image[:, :, 3]) if image.ndim == 3 and image.shape[2] == 4 else None
+    if not image.has_transparency_data:
+        return None
+    return np.asarray(image.convert("RGBA"))[:, :, 3].copy()
+
+
+def decode_alpha_file(path: Path, limits: ImageLimits) -> np.ndarray | None:
+    """The alpha channel of the image at `path` (EXIF orientation applied, as its RGB is), or None."""
+    return alpha_channel(_open_fully(path, limits, "image"))
+
+
 def mask_class_ids(mask: Image.Image | np.ndarray) -> np.ndarray:
     """A mask's class ids as a uint8 (H,W) array; RecordRejected when it is not single-channel ids in 0..255."""
     if isinstance(mask, Image.Image):

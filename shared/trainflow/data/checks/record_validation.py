@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from trainflow.data.checks.image_decoding import (
-    ImageLimits, check_mask, decode_image_file, decode_mask_file, image_array_to_rgb, mask_class_ids,
+    ImageLimits, alpha_channel, check_mask, decode_alpha_file, decode_image_file, decode_mask_file, image_array_to_rgb,
+    mask_class_ids,
 )
 from trainflow.data.checks.quarantine import RecordRejected, RejectedRecord
 from trainflow.data.checks.record_paths import resolve_inside_root
@@ -274,3 +275,11 @@ def record_mask(record: IngestRecord, limits: ImageLimits) -> np.ndarray | None:
     if record.mask_array is not None:
         return mask_class_ids(_read(record.mask_array))
     return decode_mask_file(record.mask_path, limits) if record.mask_path is not None else None
+
+
+def record_alpha(record: IngestRecord, limits: ImageLimits) -> np.ndarray | None:
+    """The alpha channel of the record's image as uint8 (H, W), or None when it has none (ingest.alpha_mask)."""
+    if record.image_array is not None:
+        return alpha_channel(_read(record.image_array))
+    assert record.image_path is not None
+    return decode_alpha_file(record.image_path, limits)
