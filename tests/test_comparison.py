@@ -85,7 +85,7 @@ def test_champion_alias_gates_and_moves(candidate_and_chance, tmp_path):
 
     cfg = RegisterConfig(model_name="iris", gates=gate)
     evidence = champion_evidence(cfg, client, f"sqlite:///{tmp_path / 'mlflow.db'}", "text_to_image", None, None, 0)
-    assert "use beat_base for text_to_image" in evidence.unavailable["accuracy"]
+    assert "does not keep for text_to_image; use beat_base" in evidence.unavailable["accuracy"]
 
 
 def test_compare_command_prints_the_difference_with_its_interval(candidate_and_chance, tmp_path, capsys):
