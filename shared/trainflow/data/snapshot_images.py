@@ -1,6 +1,7 @@
-"""How ingest sizes a record's image (and its mask) for the snapshot: one square, or the nearest aspect-ratio bucket.
+"""Ingest snapshot images: how ingest sizes a record's image (and its mask), and the one reader every later stage
+uses (the cache build, lazy loading, scoring).
 
-Both resize the image to cover the target and centre-crop the excess; with buckets the target is the bucket
+Sizing: one square, or the nearest aspect-ratio bucket. Both resize the image to cover the target and centre-crop the excess; with buckets the target is the bucket
 nearest the image's aspect ratio, so the crop is small. What was done is kept beside the image (original size
 and the crop's top-left corner in the resized image), since SDXL is conditioned on both.
 """
@@ -8,12 +9,14 @@ and the crop's top-left corner in the resized image), since SDXL is conditioned 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
 from trainflow.config import IngestConfig
 from trainflow.diffusion.buckets import nearest_bucket, outside_range
+from trainflow.errors import UserFacingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +92,31 @@ class SnapshotSizes:
             lines += ["", f"{self.beyond_range} images were wider or narrower than every bucket and were cropped to "
                           "the nearest one (widen ingest.buckets.min_aspect_ratio / max_aspect_ratio to keep more)."]
         return lines + [""]
+
+
+def _snapshot_path(root: Path, relative: str) -> Path:
+    """root/relative, refusing a manifest path that would leave the dataset folder (absolute, or with '..')."""
+    parts = PurePosixPath(relative)
+    if parts.is_absolute() or ".." in parts.parts or not parts.parts:
+        raise UserFacingError(f"the ingest manifest in {root} names the image {relative!r}, which is not a path inside "
+                              "the dataset folder; re-run ingest_split to rebuild the snapshot")
+    return Path(root) / parts
+
+
+def read_image(root: Path, relative: str) -> np.ndarray:
+    """A snapshot image as (H, W, 3) uint8 RGB."""
+    with Image.open(_snapshot_path(root, relative)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(root: Path, relative: str) -> np.ndarray:
+    """A snapshot mask as (H, W) uint8: class ids (segmentation) or loss weights 0..255 (text_to_image).
+    Ingest writes both as 8-bit greyscale, so converting to "L" leaves the values as written."""
+    with Image.open(_snapshot_path(root, relative)) as image:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def read_size(root: Path, relative: str) -> tuple[int, int]:
+    """(height, width) of a snapshot image, from its header alone."""
+    with Image.open(_snapshot_path(root, relative)) as image:
+        return image.height, image.width

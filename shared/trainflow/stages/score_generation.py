@@ -6,17 +6,15 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-from PIL import Image
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_text
 from trainflow.config import ModelConfig, ScoreConfig, parse_section
 from trainflow.data.manifest import read_manifest
+from trainflow.data.snapshot_images import read_image, read_size
 from trainflow.devices import pick_device
 from trainflow.diffusion.generation import generate_images, load_generation_pipeline
-from trainflow.data.cache.latent_cache_build import image_size
 from trainflow.diffusion.model_loading import resolve_pipeline_folder
 from trainflow.diffusion.validation_samples import letterbox
 from trainflow.errors import UserFacingError
@@ -34,8 +32,8 @@ GENERATION_SEED_OFFSET = 3_000_003
 
 def _load_reference(dataset_dir: Path, images: list[str]) -> torch.Tensor:
     """The test images in [0, 1], letterboxed onto one canvas when their sizes differ (ingest.buckets)."""
-    arrays = [np.array(Image.open(dataset_dir / rel).convert("RGB"), dtype=np.uint8) for rel in images]
-    return letterbox([torch.from_numpy(array).permute(2, 0, 1).float() / 255.0 for array in arrays])
+    arrays = [read_image(dataset_dir, rel) for rel in images]
+    return letterbox([torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0 for array in arrays])
 
 
 def score_generation(
@@ -68,7 +66,7 @@ def score_generation(
         # Mixed sizes (ingest.buckets): each caption is drawn at its test image's size, and generated and real
         # images alike are scored letterboxed onto one canvas.
         real = _load_reference(dataset_root, [e.image for e in entries])
-        sizes = [image_size(dataset_root / e.image) for e in entries]
+        sizes = [read_size(dataset_root, e.image) for e in entries]
         resolution = real.shape[-1]
         real_features = _reference_features(cfg, extractor, dataset_root, entries, real)
         gm.check_informative(real_features, "the real test images")

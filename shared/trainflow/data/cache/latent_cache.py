@@ -75,11 +75,6 @@ def has_buckets(cache_dir: str | Path) -> bool:
         return any("bucket_of" in handle[split] for split in handle if isinstance(handle[split], h5py.Group))
 
 
-def split_size(cache_dir: str | Path, split: str) -> int:
-    with h5py.File(cache_file(cache_dir), "r") as handle:
-        return len(handle[split]["record_ids"]) if split in handle else 0
-
-
 class CachedLatents(Dataset):
     """One split's records as dicts: index, moments, text (embedding), input_ids; floats as float32.
     As the cache has them also: pooled and input_ids_2 (sdxl), time_ids (sdxl), loss_mask (ingest masks),

@@ -8,13 +8,13 @@ manifest order either way, so a record's index in its split means the same thing
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from trainflow.atomic_files import atomic_file_path
 from trainflow.data.manifest import ManifestEntry
 from trainflow.diffusion.model_families import tokenize
 
@@ -27,8 +27,7 @@ def assemble_latent_cache(final: Path, folder: Path, shards: dict[str, list[str]
                           uncond_pooled: np.ndarray | None) -> None:
     """Write latents.h5 from the shards (atomically), then remove the shards."""
     layout = _shard_layout(folder / shards["train"][0])
-    temporary = final.with_name(f".{final.name}.tmp")
-    with h5py.File(temporary, "w") as handle:
+    with atomic_file_path(final) as temporary, h5py.File(temporary, "w") as handle:
         handle.attrs.update(attrs)
         handle["uncond_embedding"] = uncond_text
         if uncond_pooled is not None:
@@ -41,7 +40,6 @@ def assemble_latent_cache(final: Path, folder: Path, shards: dict[str, list[str]
             shard_paths = [folder / name for name in shards[split]]
             _write_record_arrays(group, shard_paths, len(entries), layout, flipped=split == "train")
             _write_latents(group, shard_paths, len(entries), layout, flipped=split == "train")
-    os.replace(temporary, final)
     for names in shards.values():
         for name in names:
             (folder / name).unlink(missing_ok=True)

@@ -27,14 +27,14 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from trainflow.atomic_files import atomic_directory
+from trainflow.atomic_files import atomic_directory, atomic_file_path
 from trainflow.config import CacheConfig, ModelConfig
 from trainflow.data.cache.build_folder import CacheBuildFolder, cache_key
 from trainflow.data.manifest import SPLITS, ManifestEntry, manifest_sha256, read_manifest
+from trainflow.data.snapshot_images import read_image, read_mask, read_size
 from trainflow.data.cache.latent_cache import CACHE_FILE
 from trainflow.data.cache.latent_cache_assembly import assemble_latent_cache
 from trainflow.diffusion.model_families import detect_family, time_ids
@@ -47,10 +47,7 @@ ENCODER_PARTS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenize
 
 def load_images(dataset_dir: Path, relative_paths: list[str]) -> torch.Tensor:
     """PNG snapshots -> float tensor in [-1, 1], shape (N, 3, H, W)."""
-    arrays = []
-    for relative in relative_paths:
-        with Image.open(dataset_dir / relative) as image:
-            arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    arrays = [read_image(dataset_dir, relative) for relative in relative_paths]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -65,15 +62,8 @@ def load_loss_masks(dataset_dir: Path, relative_paths: list[str | None], image_s
         if relative is None:
             masks.append(torch.ones(1, *image_size))
             continue
-        with Image.open(dataset_dir / relative) as mask:
-            masks.append(torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None])
+        masks.append(torch.from_numpy(read_mask(dataset_dir, relative).astype(np.float32) / 255.0)[None])
     return F.interpolate(torch.stack(masks), size=latent_size, mode="area")
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the PNG header."""
-    with Image.open(path) as image:
-        return image.height, image.width
 
 
 def encoders_sha256(base_folder: Path) -> str:
@@ -188,7 +178,7 @@ def _encode_chunk(root: Path, chunk: list[ManifestEntry], encoder: _Encoder, fli
     arrays: dict[str, Any] = {"text_embeddings": np.concatenate(states)}
     if pooled[0] is not None:
         arrays["pooled_text_embeddings"] = np.concatenate(pooled)
-    sizes = [image_size(root / e.image) for e in chunk]
+    sizes = [read_size(root, e.image) for e in chunk]
     if encoder.parts.family.takes_time_ids:
         # A mirrored image keeps its time ids: its centred crop is symmetric to within a pixel.
         arrays["time_ids"] = np.array([time_ids(e.original_size or hw, e.crop_top_left or (0, 0), hw)
@@ -216,15 +206,13 @@ def _encode_chunk(root: Path, chunk: list[ManifestEntry], encoder: _Encoder, fli
 
 
 def _write_shard(path: Path, arrays: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with h5py.File(temporary, "w") as handle:
+    with atomic_file_path(path) as temporary, h5py.File(temporary, "w") as handle:
         for name, value in arrays.items():
             if name != "sizes":
                 handle[name] = value
         for size, group in arrays["sizes"].items():
             for name, value in group.items():
                 handle[f"sizes/{size}/{name}"] = value
-    os.replace(temporary, path)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -20,23 +20,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from trainflow.data.cache.shards import ShardReader, ShardTable, memmap_columns
 from trainflow.data.manifest import ManifestEntry, read_manifest
+from trainflow.data.snapshot_images import read_image, read_mask
 from trainflow.errors import UserFacingError
 
 
 def decode_image(root: Path, relative: str) -> np.ndarray:
-    """An ingest PNG snapshot as (3, H, W) uint8. The one decoder the cache build and lazy mode share."""
-    with Image.open(root / relative) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    """An ingest PNG snapshot as (3, H, W) uint8, for the supervised cache build and lazy mode."""
+    return read_image(root, relative).transpose(2, 0, 1)
 
 
 def decode_mask(root: Path, relative: str) -> np.ndarray:
     """A segmentation mask PNG as (H, W) uint8 class ids."""
-    with Image.open(root / relative) as image:
-        return np.asarray(image, dtype=np.uint8)
+    return read_mask(root, relative)
 
 
 def manifest_columns(root: Path, entries: list[ManifestEntry], kind: str, decode: bool = True) -> dict[str, np.ndarray]:
