@@ -32,3 +32,23 @@ def test_base_pipeline_records_vae_quality_and_pretrains_the_unet(tmp_path):
     changed = [name for name, p in saved.state_dict().items() if not torch.equal(p, random_unet.state_dict()[name])]
     assert len(changed) > 10
 
+
+
+def test_assets_are_built_with_a_fixed_thread_count_and_the_callers_count_is_restored():
+    from trainflow.demo.assets import ASSET_BUILD_THREADS, fixed_torch_threads
+
+    before = torch.get_num_threads()
+    other = ASSET_BUILD_THREADS + 1 if before == ASSET_BUILD_THREADS else before
+    torch.set_num_threads(other)
+    try:
+        with fixed_torch_threads(ASSET_BUILD_THREADS):
+            assert torch.get_num_threads() == ASSET_BUILD_THREADS
+        assert torch.get_num_threads() == other
+        try:
+            with fixed_torch_threads(ASSET_BUILD_THREADS):
+                raise ValueError("build failed")
+        except ValueError:
+            pass
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
