@@ -10,7 +10,7 @@ from trainflow.config.schema_base import Section
 
 
 class CacheConfig(Section):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=1_000_000)
     storage_dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"
     # Supervised caches (trainflow.data.cache.supervised_cache): how the decoded records are stored.
@@ -18,9 +18,9 @@ class CacheConfig(Section):
     compression_level: int = Field(4, ge=1, le=9, description="gzip only.")
     layout: Literal["chunked", "contiguous"] = Field(
         "chunked", description="contiguous (uncompressed) lets train.data_loading.mode memmap map the arrays directly.")
-    chunk_kib: int = Field(64, ge=1, description="Target HDF5 chunk size; a chunk holds whole records.")
-    shard_records: int = Field(50_000, ge=1, description="At most this many records per shard file.")
-    shard_mb: float = Field(1024, gt=0, description="At most this many decoded megabytes per shard file.")
+    chunk_kib: int = Field(64, ge=1, le=1_048_576, description="Target HDF5 chunk size; a chunk holds whole records.")
+    shard_records: int = Field(50_000, ge=1, le=1_000_000_000, description="At most this many records per shard file.")
+    shard_mb: float = Field(1024, gt=0, le=1e9, description="At most this many decoded megabytes per shard file.")
     cache_root: str | None = Field(
         None, description="A shared folder of caches keyed by their inputs: a run whose dataset and cache settings "
                           "match reuses the cache there, and a killed build resumes from its last complete shard. "
@@ -39,9 +39,9 @@ class CacheConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=1_000_000)
     device: str = "auto"
-    bootstrap_resamples: int = Field(1000, ge=0, description="Seeded bootstrap resamples for 95% intervals; 0 turns intervals off.")
+    bootstrap_resamples: int = Field(1000, ge=0, le=1_000_000, description="Seeded bootstrap resamples for 95% intervals; 0 turns intervals off.")
     score_last_checkpoint: bool = Field(True, description=(
         "Also score the last checkpoint (from the train stage's checkpoint folder), so the report shows what "
         "early stopping bought; reported as absent, with the reason, when that folder is not reachable."))
@@ -61,11 +61,11 @@ class FeatureExtractorConfig(Section):
 
 
 class GenerationConfig(Section):
-    num_inference_steps: int = Field(30, ge=1)
-    guidance_scale: float = Field(7.5, ge=1.0)
+    num_inference_steps: int = Field(30, ge=1, le=10_000)
+    guidance_scale: float = Field(7.5, ge=1.0, le=1000)
     sampler: Literal["dpm_solver", "ddim", "ddpm"] = "dpm_solver"
-    batch_size: int = Field(8, ge=1)
-    max_prompts: int | None = Field(None, ge=2, description="Score on at most this many test captions.")
+    batch_size: int = Field(8, ge=1, le=1_000_000)
+    max_prompts: int | None = Field(None, ge=2, le=10_000_000, description="Score on at most this many test captions.")
 
 
 class ScoreConfig(Section):

@@ -50,19 +50,19 @@ class SplitFractions(Section):
 class BucketConfig(Section):
     """Aspect-ratio buckets (text_to_image): each image is resized to the nearest of a set of sizes of one pixel budget."""
 
-    resolution: int | None = Field(None, ge=8, description=(
+    resolution: int | None = Field(None, ge=8, le=16384, description=(
         "The pixel budget's side: buckets hold about resolution² pixels (default: ingest.resolution)."))
-    step: int = Field(64, ge=1, description=(
+    step: int = Field(64, ge=1, le=16384, description=(
         "Bucket sides are multiples of this; 64 keeps SD/SDXL latents divisible through the UNet."))
-    min_aspect_ratio: float = Field(0.5, gt=0, description="Narrowest bucket, width / height (0.5 = 1:2 portrait).")
-    max_aspect_ratio: float = Field(2.0, gt=0, description="Widest bucket, width / height (2.0 = 2:1 landscape).")
+    min_aspect_ratio: float = Field(0.5, gt=0, le=100, description="Narrowest bucket, width / height (0.5 = 1:2 portrait).")
+    max_aspect_ratio: float = Field(2.0, gt=0, le=100, description="Widest bucket, width / height (2.0 = 2:1 landscape).")
 
 
 class PriorPreservationData(Section):
     """Class images for prior preservation (DreamBooth): ingested into the train split beside the instance images."""
 
     dataset_dir: str = Field(description="An image folder in the same layout as ingest.dataset_dir (captions per image).")
-    max_records: int | None = Field(None, ge=1, description="Use only this many class images (seeded choice).")
+    max_records: int | None = Field(None, ge=1, le=1_000_000_000, description="Use only this many class images (seeded choice).")
 
 
 class IngestConfig(Section):
@@ -94,19 +94,19 @@ class IngestConfig(Section):
     id_column: str | None = Field(None, description="Column holding a stable record id (default: the image path, or table/file row).")
     group_column: str | None = Field(None, description="Column naming each record's group (patient, scene, ...); split.kind: group keeps groups whole.")
     class_names: list[str] | None = Field(None, description="Names of the classes 0..K-1 (default: from the data).")
-    resolution: int = Field(512, ge=8, description="Images are resized (shorter side) and center-cropped to this size.")
-    min_image_size: int = Field(8, ge=1, description="Images whose shorter side is below this many pixels are rejected.")
-    max_image_pixels: int = Field(89_478_485, ge=64, description=(
+    resolution: int = Field(512, ge=8, le=16384, description="Images are resized (shorter side) and center-cropped to this size.")
+    min_image_size: int = Field(8, ge=1, le=16384, description="Images whose shorter side is below this many pixels are rejected.")
+    max_image_pixels: int = Field(89_478_485, ge=64, le=2**34, description=(
         "Images with more pixels than this are rejected before they are decoded (decompression-bomb guard; "
         "the default is Pillow's own)."))
-    max_caption_tokens: int = Field(77, ge=1, description=(
+    max_caption_tokens: int = Field(77, ge=1, le=100_000, description=(
         "Caption length the text encoder keeps when no tokenizer is available to count with (captions are then "
         "counted in whitespace-separated words); longer captions are a warning, not a rejection."))
     max_bad_fraction: float = Field(0.2, ge=0, le=1, description=(
         "Fail ingest when more than this share of records is rejected (e.g. a half-mounted volume), "
         "after writing the quarantine report."))
     split: SplitFractions = SplitFractions()
-    max_records: int | None = Field(None, ge=3, description="Use only this many valid records (quick runs and tests).")
+    max_records: int | None = Field(None, ge=3, le=1_000_000_000, description="Use only this many valid records (quick runs and tests).")
     buckets: BucketConfig | None = Field(None, description=(
         "text_to_image: aspect-ratio buckets instead of one square resolution; every image is resized to cover "
         "the bucket nearest its aspect ratio and the small excess centre-cropped (its original size and crop are "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from annotated_types import Ge, Le
 from pydantic import Field
 
 from trainflow.config.schema_base import Section
@@ -22,6 +23,6 @@ class ModelConfig(Section):
         None, description="small_cnn, mlp, seg_cnn, or a torchvision model name such as resnet18 / fcn_resnet50.")
     pretrained: bool = Field(False, description="torchvision architectures: start from ImageNet weights in TORCH_HOME (never downloaded).")
     weights_path: str | None = Field(None, description="Explicit pretrained weights file (.safetensors or a torchvision .pth state dict).")
-    hidden_sizes: list[int] = Field([128, 64], description="mlp: hidden layer widths.")
-    width: int = Field(32, ge=4, description="small_cnn / seg_cnn: channels of the first stage.")
+    hidden_sizes: list[Annotated[int, Ge(1), Le(65536)]] = Field([128, 64], max_length=64, description="mlp: hidden layer widths.")
+    width: int = Field(32, ge=4, le=4096, description="small_cnn / seg_cnn: channels of the first stage.")
     dropout: float = Field(0.0, ge=0, lt=1)

@@ -132,17 +132,17 @@ class DistributedConfig(Section):
     """`train.distributed`: the train step launches a PyTorchJob or TrainJob and waits for it."""
 
     backend: Literal["pytorchjob", "trainjob"] = Field("pytorchjob", description="pytorchjob: Training Operator v1 (kubeflow.org/v1); trainjob: Trainer v2 (trainer.kubeflow.org/v1alpha1).")
-    nodes: int = Field(ge=1, description="Pods, one per node (required: 1 = one pod with gpus_per_node GPUs).")
-    gpus_per_node: int = Field(1, ge=0, description="GPUs (= torchrun processes) per pod; 0 = CPU pods, one process each.")
+    nodes: int = Field(ge=1, le=10_000, description="Pods, one per node (required: 1 = one pod with gpus_per_node GPUs).")
+    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs (= torchrun processes) per pod; 0 = CPU pods, one process each.")
     namespace: str | None = Field(None, description="Default: the namespace the pipeline's pods run in.")
     runtime_name: str = Field("torch-distributed", description="TrainJob only: the ClusterTrainingRuntime to start from.")
     cpu_request: str | None = None
     memory_request: str | None = None
     memory_limit: str | None = None
     delete_on_exit: bool = Field(True, description="Delete the job when the train step ends (success, failure or cancel).")
-    backoff_limit: int | None = Field(None, ge=0, description="PyTorchJob only: pod restarts before the job fails (default 3).")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Kill the job after this long, server-side.")
-    timeout_minutes: float | None = Field(None, gt=0, description="The train step stops waiting (and deletes the job) after this long.")
+    backoff_limit: int | None = Field(None, ge=0, le=1000, description="PyTorchJob only: pod restarts before the job fails (default 3).")
+    active_deadline_seconds: int | None = Field(None, ge=1, le=2**31 - 1, description="Kill the job after this long, server-side.")
+    timeout_minutes: float | None = Field(None, gt=0, le=1e7, description="The train step stops waiting (and deletes the job) after this long.")
 
     @field_validator("cpu_request", "memory_request", "memory_limit")
     @classmethod

@@ -41,6 +41,6 @@ class RegisterConfig(Section):
     champion_alias: str = Field("champion", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
         "MLflow alias of the current best version: beat_champion gates compare with it, and a newly registered "
         "version takes it."))
-    comparison_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the champion comparison.")
-    batch_size: int = Field(64, ge=1, description="Batch size when the champion is run on the test split.")
+    comparison_resamples: int = Field(1000, ge=100, le=1_000_000, description="Paired bootstrap resamples of the champion comparison.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Batch size when the champion is run on the test split.")
     device: str = Field("auto", description="Where the champion is run on the test split.")
