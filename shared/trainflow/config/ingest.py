@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from trainflow.config.names import PathText, check_dataset_location
 from trainflow.config.schema_base import Section
 
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
@@ -61,20 +62,25 @@ class BucketConfig(Section):
 class PriorPreservationData(Section):
     """Class images for prior preservation (DreamBooth): ingested into the train split beside the instance images."""
 
-    dataset_dir: str = Field(description="An image folder in the same layout as ingest.dataset_dir (captions per image).")
+    dataset_dir: PathText = Field(description="An image folder in the same layout as ingest.dataset_dir (captions per image).")
     max_records: int | None = Field(None, ge=1, le=1_000_000_000, description="Use only this many class images (seeded choice).")
+
+    @model_validator(mode="after")
+    def _not_a_system_folder(self) -> "PriorPreservationData":
+        check_dataset_location("prior_preservation.dataset_dir", self.dataset_dir, is_folder=True)
+        return self
 
 
 class IngestConfig(Section):
     """Where the dataset is and how to split it. Exactly one source: a folder, a table, an HDF5 file, or a bundled set."""
 
-    dataset_dir: str | None = Field(None, description="Image dataset root: an imagefolder with metadata.jsonl, or <split>/images + captions.json.")
-    table: str | None = Field(None, description=(
+    dataset_dir: PathText | None = Field(None, description="Image dataset root: an imagefolder with metadata.jsonl, or <split>/images + captions.json.")
+    table: PathText | None = Field(None, description=(
         "A table, one row per record: .csv/.tsv, .jsonl or .parquet (or set table_format). With a column named "
         "image_column the records are images (paths relative to the table's folder, which they must stay inside); "
         "otherwise they are feature rows."))
     table_format: Literal["csv", "jsonl", "parquet"] | None = Field(None, description="Format of `table` when its suffix does not say.")
-    hdf5: str | None = Field(None, description=(
+    hdf5: PathText | None = Field(None, description=(
         "An HDF5 file of equal-length datasets; the *_column fields name them: image_column (N,H,W[,C]) uint8 "
         "or feature_columns ((N,F) or several (N,)), label_column (N,), target_columns, mask_column (N,H,W), "
         "caption_column, id_column, group_column."))
@@ -127,6 +133,9 @@ class IngestConfig(Section):
                 "set exactly one of dataset_dir (image folder), table (CSV/JSONL/Parquet file), hdf5 (HDF5 file) or "
                 f"sklearn_dataset (one of {', '.join(SKLEARN_DATASETS)}); got {', '.join(given) or 'none'}"
             )
+        for field in ("dataset_dir", "table", "hdf5"):
+            if getattr(self, field):
+                check_dataset_location(field, getattr(self, field), is_folder=field == "dataset_dir")
         if self.table_format and not self.table:
             raise ValueError("table_format applies to ingest.table only; remove it or set table")
         if self.table and not self.table_format and PurePath(self.table).suffix.lower() not in TABLE_FORMATS:

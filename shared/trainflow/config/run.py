@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from trainflow.config.evaluation import CacheConfig, EvaluateConfig, ScoreConfig
 from trainflow.config.ingest import IngestConfig
 from trainflow.config.model import ModelConfig
+from trainflow.config.names import check_run_name
 from trainflow.config.platform import PlatformConfig
 from trainflow.config.registration import RegisterConfig
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section, section_payload
@@ -20,7 +23,9 @@ from trainflow.errors import ConfigError
 
 
 class RunConfig(Section):
-    run_name: str = Field(min_length=1)
+    run_name: Annotated[str, AfterValidator(check_run_name)] = Field(description=(
+        "Names the run's folders under the state directory, its MLflow run and its KFP runs: letters, digits, "
+        "'.', '_' and '-', starting with a letter or digit, at most 100 characters."))
     task: str = Field("text_to_image", description="A task of trainflow.tasks.registry (text_to_image, classification, ...).")
     # numpy and Python seed generators from it, and numpy takes 0 .. 2**32 - 1.
     seed: int = Field(0, ge=0, le=2**32 - 1)

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig, WorkerCount
 from trainflow.config.platform import DistributedConfig
+from trainflow.config.names import PlainText
 from trainflow.config.schema_base import Section
 
 # Upper bounds of counts: far above any real run, low enough that a typo (an extra few zeros, a pasted
@@ -171,7 +172,7 @@ class LossConfig(Section):
     huber_delta: float = Field(1.0, gt=0, le=1e6)
     target_weights: list[Annotated[float, Ge(0), Le(1e6)]] | None = Field(None, description="Regression: weight per target column.")
     dice_weight: float = Field(1.0, ge=0, le=1000, description="Segmentation: weight of the Dice term beside cross-entropy.")
-    custom: str | None = Field(None, description="'package.module:function' taking (outputs, targets) and returning a scalar loss.")
+    custom: PlainText | None = Field(None, description="'package.module:function' taking (outputs, targets) and returning a scalar loss.")
 
     @model_validator(mode="after")
     def _custom_needs_path(self) -> "LossConfig":
@@ -203,7 +204,7 @@ class TrainConfig(Section):
     transforms: TransformsConfig = TransformsConfig()
     data_loading: DataLoadingConfig = DataLoadingConfig()
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise-reproducible on CPU; slower on GPU).")
-    device: str = "auto"
+    device: PlainText = "auto"
     distributed: DistributedConfig | None = Field(None, description="Train on several pods through a PyTorchJob/TrainJob (cluster runs only).")
 
     @model_validator(mode="after")

@@ -21,12 +21,17 @@ from __future__ import annotations
 import math
 import types
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
+from trainflow.config.names import MAX_RUN_NAME, check_kubernetes_name, check_secret_key, path_component_name
 from trainflow.config.schema_base import Section
 from trainflow.metrics.metric_directions import is_lower_better
+
+def check_study_name(value: str) -> str:
+    return path_component_name("study_name", value, MAX_RUN_NAME)
+
 
 # Trials share one split and one cache, so only what training reads may vary between them.
 TUNABLE_SECTIONS = ("train", "model")
@@ -103,8 +108,8 @@ class TuneStorage(Section):
         "rdb: a database URL (e.g. postgresql://...) read from the environment variable url_env; on a cluster "
         "the pipeline fills it from the Kubernetes Secret `secret` (key `secret_key`). Never a parameter."))
     url_env: str = Field("TRAINFLOW_OPTUNA_STORAGE", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    secret: str | None = Field(None, description="Kubernetes Secret holding the database URL (cluster runs, kind rdb).")
-    secret_key: str = "url"
+    secret: Annotated[str, AfterValidator(check_kubernetes_name)] | None = Field(None, description="Kubernetes Secret holding the database URL (cluster runs, kind rdb).")
+    secret_key: Annotated[str, AfterValidator(check_secret_key)] = "url"
 
 
 class TuneConfig(Section):
@@ -121,7 +126,8 @@ class TuneConfig(Section):
     wall_time_minutes: float | None = Field(None, gt=0, le=1e7, description="Each worker starts no new trial after this long.")
     workers: int = Field(1, ge=1, le=64, description="Trial workers asking the shared study (ParallelFor parallelism).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampler seed (default: the run's seed).")
-    study_name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Default: the run_name.")
+    study_name: Annotated[str, AfterValidator(check_study_name)] | None = Field(None, description=(
+        "Default: the run_name. Same rule: a folder name under <state>/tuning."))
     refit: Literal["train", "train_val"] = Field("train", description=(
         "Train the best configuration as the final model on train (early stopping on val), or on train+val for "
         "the best trial's number of epochs."))
