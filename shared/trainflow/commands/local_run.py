@@ -21,7 +21,6 @@ import collections
 import contextlib
 import io
 import re
-import shutil
 import sys
 import time
 import warnings
@@ -32,11 +31,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from trainflow.config import RunConfig
+from trainflow.contained_paths import path_inside, remove_inside, state_directory
 from trainflow.errors import ConfigError, UserFacingError
 from trainflow.registry.tracking import default_tracking_uri
 
 def checkpoint_folder(config: RunConfig, state_dir: str | Path) -> Path:
-    return Path(state_dir).resolve() / "checkpoints" / config.run_name
+    """<state>/checkpoints/<run_name>; UserFacingError if it would lead out of the state directory."""
+    return path_inside(state_dir, "checkpoints", config.run_name)
 
 
 class StageFailed(UserFacingError):
@@ -155,12 +156,12 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
     if config.train.distributed is not None:
         raise ConfigError("train.distributed launches a PyTorchJob/TrainJob on a cluster; remove it to train on "
                           "this machine, or run the pipeline on Kubeflow (trainflow submit).")
-    state = Path(state_dir).resolve()
+    state = state_directory(state_dir)
     pipeline_root = state / "pipeline-runs"
     tracking_uri = config.registration.tracking_uri or default_tracking_uri(state)
     checkpoints = checkpoint_folder(config, state)
-    if fresh and checkpoints.exists():
-        shutil.rmtree(checkpoints)
+    if fresh:
+        remove_inside(state, checkpoints)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     module, pipeline = pipeline_for_task(config.task)
     arguments = module.pipeline_arguments(config, tracking_uri=tracking_uri)

@@ -12,16 +12,18 @@ from pydantic import Field, PlainValidator
 
 from trainflow.config.schema_base import Section
 
+MAX_WORKERS = 256  # DataLoader worker processes; more than any machine has cores for
 LOADING_MODES = ("auto", "eager", "lazy", "cached", "memmap", "streaming")
 
 
 def _worker_count(value: Any) -> int | str:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_WORKERS):
         return value
     # KFP carries dict parameters as protobuf Structs, whose numbers are all floats: 2 arrives as 2.0.
-    if isinstance(value, float) and value.is_integer() and value >= 0:
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_WORKERS:
         return int(value)
-    raise ValueError("must be a whole number of workers (0 = load in the training process) or 'auto'")
+    raise ValueError(f"must be a whole number of workers from 0 (load in the training process) to {MAX_WORKERS}, "
+                     "or 'auto'")
 
 
 # DataLoader workers: a count, or "auto" (trainflow.data.loading.loader_factory.resolve_num_workers).
@@ -51,9 +53,9 @@ class DataLoadingConfig(Section):
     mode: Literal["auto", "eager", "lazy", "cached", "memmap", "streaming"] = Field(
         "auto", description="auto: eager when a split fits in eager_max_mb, else memmap (contiguous caches) or cached. "
                             "lazy decodes the ingest PNGs on access; streaming is for evaluation and inference.")
-    eager_max_mb: float = Field(2048, gt=0, description="auto: largest split (decoded) held fully in memory.")
-    lru_budget_mb: float = Field(512, gt=0, description="cached: decoded records kept per loader process.")
-    stream_block_records: int = Field(256, ge=1, description="streaming: records read (and shuffled) at a time.")
-    prefetch_factor: int = Field(2, ge=1, description="Batches each worker prepares ahead.")
+    eager_max_mb: float = Field(2048, gt=0, le=1e9, description="auto: largest split (decoded) held fully in memory.")
+    lru_budget_mb: float = Field(512, gt=0, le=1e9, description="cached: decoded records kept per loader process.")
+    stream_block_records: int = Field(256, ge=1, le=10_000_000, description="streaming: records read (and shuffled) at a time.")
+    prefetch_factor: int = Field(2, ge=1, le=1024, description="Batches each worker prepares ahead.")
     persistent_workers: bool = Field(True, description="Keep workers (and their open files and caches) across epochs.")
     pin_memory: Literal["auto"] | bool = Field("auto", description="auto: on when training on CUDA.")

@@ -6,22 +6,23 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from trainflow.config.names import PathText, PlainText
 from trainflow.config.schema_base import Section
 
 
 class CacheConfig(Section):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=1_000_000)
     storage_dtype: Literal["float16", "float32"] = "float16"
-    device: str = "auto"
+    device: PlainText = "auto"
     # Supervised caches (trainflow.data.cache.supervised_cache): how the decoded records are stored.
     compression: Literal["none", "gzip", "lzf"] = Field("none", description="HDF5 filter; lzf is fast, gzip smaller.")
     compression_level: int = Field(4, ge=1, le=9, description="gzip only.")
     layout: Literal["chunked", "contiguous"] = Field(
         "chunked", description="contiguous (uncompressed) lets train.data_loading.mode memmap map the arrays directly.")
-    chunk_kib: int = Field(64, ge=1, description="Target HDF5 chunk size; a chunk holds whole records.")
-    shard_records: int = Field(50_000, ge=1, description="At most this many records per shard file.")
-    shard_mb: float = Field(1024, gt=0, description="At most this many decoded megabytes per shard file.")
-    cache_root: str | None = Field(
+    chunk_kib: int = Field(64, ge=1, le=1_048_576, description="Target HDF5 chunk size; a chunk holds whole records.")
+    shard_records: int = Field(50_000, ge=1, le=1_000_000_000, description="At most this many records per shard file.")
+    shard_mb: float = Field(1024, gt=0, le=1e9, description="At most this many decoded megabytes per shard file.")
+    cache_root: PathText | None = Field(
         None, description="A shared folder of caches keyed by their inputs: a run whose dataset and cache settings "
                           "match reuses the cache there, and a killed build resumes from its last complete shard. "
                           "Training must see this folder at the same path.")
@@ -39,9 +40,9 @@ class CacheConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(32, ge=1)
-    device: str = "auto"
-    bootstrap_resamples: int = Field(1000, ge=0, description="Seeded bootstrap resamples for 95% intervals; 0 turns intervals off.")
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    device: PlainText = "auto"
+    bootstrap_resamples: int = Field(1000, ge=0, le=1_000_000, description="Seeded bootstrap resamples for 95% intervals; 0 turns intervals off.")
     score_last_checkpoint: bool = Field(True, description=(
         "Also score the last checkpoint (from the train stage's checkpoint folder), so the report shows what "
         "early stopping bought; reported as absent, with the reason, when that folder is not reachable."))
@@ -51,7 +52,7 @@ class FeatureExtractorConfig(Section):
     kind: Literal["inception", "classifier"] = "inception"
     # inception: optional explicit weights file (else TORCH_HOME's pytorch-fid file);
     # classifier: a trainflow classifier folder (config.json + model.safetensors).
-    path: str | None = None
+    path: PathText | None = None
 
     @model_validator(mode="after")
     def _classifier_needs_path(self) -> "FeatureExtractorConfig":
@@ -61,11 +62,11 @@ class FeatureExtractorConfig(Section):
 
 
 class GenerationConfig(Section):
-    num_inference_steps: int = Field(30, ge=1)
-    guidance_scale: float = Field(7.5, ge=1.0)
+    num_inference_steps: int = Field(30, ge=1, le=10_000)
+    guidance_scale: float = Field(7.5, ge=1.0, le=1000)
     sampler: Literal["dpm_solver", "ddim", "ddpm"] = "dpm_solver"
-    batch_size: int = Field(8, ge=1)
-    max_prompts: int | None = Field(None, ge=2, description="Score on at most this many test captions.")
+    batch_size: int = Field(8, ge=1, le=1_000_000)
+    max_prompts: int | None = Field(None, ge=2, le=10_000_000, description="Score on at most this many test captions.")
 
 
 class ScoreConfig(Section):
@@ -73,14 +74,14 @@ class ScoreConfig(Section):
     fid_features: FeatureExtractorConfig = FeatureExtractorConfig()
     kid: bool = Field(True, description="Report KID (unbiased kernel distance, mean and std over 100 subsets) beside FID; "
                                         "FID is biased upwards for a few hundred images, KID is not.")
-    reference_cache: str | None = Field(
+    reference_cache: PathText | None = Field(
         None, description="A folder keeping the real test images' features per feature extractor (its weights' digest) "
                           "and test-image content hash: a re-run on the same test split reuses them. On a cluster, a "
                           "folder on the workspace volume, e.g. /workspace/reference-features.")
     # Optional metrics: when their weights are missing they are reported as skipped.
-    clip_model: str | None = Field(None, description="CLIP model folder or hub id, e.g. openai/clip-vit-large-patch14.")
+    clip_model: PathText | None = Field(None, description="CLIP model folder or hub id, e.g. openai/clip-vit-large-patch14.")
     lpips: bool = True
-    prompt_classifier: str | None = Field(None, description="Classifier folder for prompt accuracy (needs labels in the data).")
+    prompt_classifier: PathText | None = Field(None, description="Classifier folder for prompt accuracy (needs labels in the data).")
     compare_with_base: bool = True
     grid_size: int = Field(8, ge=1, le=64, description="Captions shown in the HTML sample grid.")
-    device: str = "auto"
+    device: PlainText = "auto"

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from trainflow.config.names import PathText, check_dataset_location
 from trainflow.config.schema_base import Section
 
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
@@ -50,31 +51,36 @@ class SplitFractions(Section):
 class BucketConfig(Section):
     """Aspect-ratio buckets (text_to_image): each image is resized to the nearest of a set of sizes of one pixel budget."""
 
-    resolution: int | None = Field(None, ge=8, description=(
+    resolution: int | None = Field(None, ge=8, le=16384, description=(
         "The pixel budget's side: buckets hold about resolution² pixels (default: ingest.resolution)."))
-    step: int = Field(64, ge=1, description=(
+    step: int = Field(64, ge=1, le=16384, description=(
         "Bucket sides are multiples of this; 64 keeps SD/SDXL latents divisible through the UNet."))
-    min_aspect_ratio: float = Field(0.5, gt=0, description="Narrowest bucket, width / height (0.5 = 1:2 portrait).")
-    max_aspect_ratio: float = Field(2.0, gt=0, description="Widest bucket, width / height (2.0 = 2:1 landscape).")
+    min_aspect_ratio: float = Field(0.5, gt=0, le=100, description="Narrowest bucket, width / height (0.5 = 1:2 portrait).")
+    max_aspect_ratio: float = Field(2.0, gt=0, le=100, description="Widest bucket, width / height (2.0 = 2:1 landscape).")
 
 
 class PriorPreservationData(Section):
     """Class images for prior preservation (DreamBooth): ingested into the train split beside the instance images."""
 
-    dataset_dir: str = Field(description="An image folder in the same layout as ingest.dataset_dir (captions per image).")
-    max_records: int | None = Field(None, ge=1, description="Use only this many class images (seeded choice).")
+    dataset_dir: PathText = Field(description="An image folder in the same layout as ingest.dataset_dir (captions per image).")
+    max_records: int | None = Field(None, ge=1, le=1_000_000_000, description="Use only this many class images (seeded choice).")
+
+    @model_validator(mode="after")
+    def _not_a_system_folder(self) -> "PriorPreservationData":
+        check_dataset_location("prior_preservation.dataset_dir", self.dataset_dir, is_folder=True)
+        return self
 
 
 class IngestConfig(Section):
     """Where the dataset is and how to split it. Exactly one source: a folder, a table, an HDF5 file, or a bundled set."""
 
-    dataset_dir: str | None = Field(None, description="Image dataset root: an imagefolder with metadata.jsonl, or <split>/images + captions.json.")
-    table: str | None = Field(None, description=(
+    dataset_dir: PathText | None = Field(None, description="Image dataset root: an imagefolder with metadata.jsonl, or <split>/images + captions.json.")
+    table: PathText | None = Field(None, description=(
         "A table, one row per record: .csv/.tsv, .jsonl or .parquet (or set table_format). With a column named "
         "image_column the records are images (paths relative to the table's folder, which they must stay inside); "
         "otherwise they are feature rows."))
     table_format: Literal["csv", "jsonl", "parquet"] | None = Field(None, description="Format of `table` when its suffix does not say.")
-    hdf5: str | None = Field(None, description=(
+    hdf5: PathText | None = Field(None, description=(
         "An HDF5 file of equal-length datasets; the *_column fields name them: image_column (N,H,W[,C]) uint8 "
         "or feature_columns ((N,F) or several (N,)), label_column (N,), target_columns, mask_column (N,H,W), "
         "caption_column, id_column, group_column."))
@@ -94,19 +100,19 @@ class IngestConfig(Section):
     id_column: str | None = Field(None, description="Column holding a stable record id (default: the image path, or table/file row).")
     group_column: str | None = Field(None, description="Column naming each record's group (patient, scene, ...); split.kind: group keeps groups whole.")
     class_names: list[str] | None = Field(None, description="Names of the classes 0..K-1 (default: from the data).")
-    resolution: int = Field(512, ge=8, description="Images are resized (shorter side) and center-cropped to this size.")
-    min_image_size: int = Field(8, ge=1, description="Images whose shorter side is below this many pixels are rejected.")
-    max_image_pixels: int = Field(89_478_485, ge=64, description=(
+    resolution: int = Field(512, ge=8, le=16384, description="Images are resized (shorter side) and center-cropped to this size.")
+    min_image_size: int = Field(8, ge=1, le=16384, description="Images whose shorter side is below this many pixels are rejected.")
+    max_image_pixels: int = Field(89_478_485, ge=64, le=2**34, description=(
         "Images with more pixels than this are rejected before they are decoded (decompression-bomb guard; "
         "the default is Pillow's own)."))
-    max_caption_tokens: int = Field(77, ge=1, description=(
+    max_caption_tokens: int = Field(77, ge=1, le=100_000, description=(
         "Caption length the text encoder keeps when no tokenizer is available to count with (captions are then "
         "counted in whitespace-separated words); longer captions are a warning, not a rejection."))
     max_bad_fraction: float = Field(0.2, ge=0, le=1, description=(
         "Fail ingest when more than this share of records is rejected (e.g. a half-mounted volume), "
         "after writing the quarantine report."))
     split: SplitFractions = SplitFractions()
-    max_records: int | None = Field(None, ge=3, description="Use only this many valid records (quick runs and tests).")
+    max_records: int | None = Field(None, ge=3, le=1_000_000_000, description="Use only this many valid records (quick runs and tests).")
     buckets: BucketConfig | None = Field(None, description=(
         "text_to_image: aspect-ratio buckets instead of one square resolution; every image is resized to cover "
         "the bucket nearest its aspect ratio and the small excess centre-cropped (its original size and crop are "
@@ -127,6 +133,9 @@ class IngestConfig(Section):
                 "set exactly one of dataset_dir (image folder), table (CSV/JSONL/Parquet file), hdf5 (HDF5 file) or "
                 f"sklearn_dataset (one of {', '.join(SKLEARN_DATASETS)}); got {', '.join(given) or 'none'}"
             )
+        for field in ("dataset_dir", "table", "hdf5"):
+            if getattr(self, field):
+                check_dataset_location(field, getattr(self, field), is_folder=field == "dataset_dir")
         if self.table_format and not self.table:
             raise ValueError("table_format applies to ingest.table only; remove it or set table")
         if self.table and not self.table_format and PurePath(self.table).suffix.lower() not in TABLE_FORMATS:

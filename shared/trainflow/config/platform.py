@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from trainflow.config.names import PathText, PlainText, check_kubernetes_name, check_label_key, check_label_value
 from trainflow.config.schema_base import Section
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -43,9 +44,9 @@ def _claim_name(value: str | None) -> str | None:
 
 
 class TolerationConfig(Section):
-    key: str | None = None
+    key: Annotated[str, AfterValidator(check_label_key)] | None = None
     operator: Literal["Equal", "Exists"] = "Exists"
-    value: str | None = None
+    value: Annotated[str, AfterValidator(check_label_value)] | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
     @model_validator(mode="after")
@@ -58,25 +59,25 @@ class TolerationConfig(Section):
 class PlatformConfig(Section):
     """Compile-time settings of the pipeline's pods; see the module docstring for the defaults."""
 
-    image: str | None = Field(None, description="Image of every task and training pod (default: TRAINFLOW_IMAGE at compile time, else ghcr.io/trainflow/trainflow:<version>).")
+    image: PlainText | None = Field(None, description="Image of every task and training pod (default: TRAINFLOW_IMAGE at compile time, else ghcr.io/trainflow/trainflow:<version>).")
     workspace_pvc: str = Field("trainflow-workspace", description="ReadWriteMany PVC for checkpoints, train requests and the copy of the cache training pods read.")
-    workspace_mount_path: str = "/workspace"
+    workspace_mount_path: PathText = "/workspace"
     # "Off" is the empty string, not null: KFP parameters cannot carry null, and a dropped null would bring the default back.
     dataset_pvc: str = Field("trainflow-datasets", description="PVC holding ingest.dataset_dir / ingest.table / ingest.hdf5; '' mounts none.")
-    dataset_mount_path: str = "/data"
+    dataset_mount_path: PathText = "/data"
     weights_cache_pvc: str = Field("trainflow-weights-cache", description="PVC with HF_HOME (huggingface/) and TORCH_HOME (torch/) layouts; '' mounts none.")
-    weights_cache_mount_path: str = Field("/cache", description="HF_HOME=<this>/huggingface and TORCH_HOME=<this>/torch are set on every task.")
+    weights_cache_mount_path: PathText = Field("/cache", description="HF_HOME=<this>/huggingface and TORCH_HOME=<this>/torch are set on every task.")
     shm_size: str = Field("2Gi", description="Memory-backed /dev/shm for DataLoader workers on cache/train/evaluate/score; '' keeps the container's 64Mi.")
-    node_selector: dict[str, str] = Field({}, description="Node labels for GPU tasks and training pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
+    node_selector: dict[Annotated[str, AfterValidator(check_label_key)], Annotated[str, AfterValidator(check_label_value)]] = Field({}, description="Node labels for GPU tasks and training pods, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}.")
     gpu_tolerations: list[TolerationConfig] = Field(
         [TolerationConfig(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         description="Tolerations for GPU tasks and training pods (default: the usual nvidia.com/gpu taint).")
-    gpu_resource: str = "nvidia.com/gpu"
-    mlflow_secret: str = Field("trainflow-mlflow-credentials", description="Secret whose keys become env vars (optional) on register, and on train when train.logging.mlflow; '' for none.")
+    gpu_resource: Annotated[str, AfterValidator(check_label_key)] = "nvidia.com/gpu"
+    mlflow_secret: Annotated[str, AfterValidator(check_kubernetes_name)] = Field("trainflow-mlflow-credentials", description="Secret whose keys become env vars (optional) on register, and on train when train.logging.mlflow; '' for none.")
     mlflow_secret_keys: list[str] = Field(list(MLFLOW_SECRET_KEYS), description="Keys of mlflow_secret to expose, each under its own name.")
-    mlflow_tracking_uri: str = Field("http://trainflow-mlflow:5000", description="MLFLOW_TRACKING_URI on register and train; register.tracking_uri, if set, wins; '' sets none.")
-    service_account: str | None = Field(None, description="Account of the distributed training pods (default: the namespace's default account).")
-    env: dict[str, str] = Field({}, description="Extra environment on every task and training pod, e.g. {HF_HUB_OFFLINE: '1'} on an air-gapped cluster.")
+    mlflow_tracking_uri: PlainText = Field("http://trainflow-mlflow:5000", description="MLFLOW_TRACKING_URI on register and train; register.tracking_uri, if set, wins; '' sets none.")
+    service_account: Annotated[str, AfterValidator(check_kubernetes_name)] | None = Field(None, description="Account of the distributed training pods (default: the namespace's default account).")
+    env: dict[str, PlainText] = Field({}, description="Extra environment on every task and training pod, e.g. {HF_HUB_OFFLINE: '1'} on an air-gapped cluster.")
 
     _claims = field_validator("workspace_pvc", "dataset_pvc", "weights_cache_pvc")(_claim_name)
 
@@ -132,17 +133,17 @@ class DistributedConfig(Section):
     """`train.distributed`: the train step launches a PyTorchJob or TrainJob and waits for it."""
 
     backend: Literal["pytorchjob", "trainjob"] = Field("pytorchjob", description="pytorchjob: Training Operator v1 (kubeflow.org/v1); trainjob: Trainer v2 (trainer.kubeflow.org/v1alpha1).")
-    nodes: int = Field(ge=1, description="Pods, one per node (required: 1 = one pod with gpus_per_node GPUs).")
-    gpus_per_node: int = Field(1, ge=0, description="GPUs (= torchrun processes) per pod; 0 = CPU pods, one process each.")
+    nodes: int = Field(ge=1, le=10_000, description="Pods, one per node (required: 1 = one pod with gpus_per_node GPUs).")
+    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs (= torchrun processes) per pod; 0 = CPU pods, one process each.")
     namespace: str | None = Field(None, description="Default: the namespace the pipeline's pods run in.")
-    runtime_name: str = Field("torch-distributed", description="TrainJob only: the ClusterTrainingRuntime to start from.")
+    runtime_name: Annotated[str, AfterValidator(check_kubernetes_name)] = Field("torch-distributed", description="TrainJob only: the ClusterTrainingRuntime to start from.")
     cpu_request: str | None = None
     memory_request: str | None = None
     memory_limit: str | None = None
     delete_on_exit: bool = Field(True, description="Delete the job when the train step ends (success, failure or cancel).")
-    backoff_limit: int | None = Field(None, ge=0, description="PyTorchJob only: pod restarts before the job fails (default 3).")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Kill the job after this long, server-side.")
-    timeout_minutes: float | None = Field(None, gt=0, description="The train step stops waiting (and deletes the job) after this long.")
+    backoff_limit: int | None = Field(None, ge=0, le=1000, description="PyTorchJob only: pod restarts before the job fails (default 3).")
+    active_deadline_seconds: int | None = Field(None, ge=1, le=2**31 - 1, description="Kill the job after this long, server-side.")
+    timeout_minutes: float | None = Field(None, gt=0, le=1e7, description="The train step stops waiting (and deletes the job) after this long.")
 
     @field_validator("cpu_request", "memory_request", "memory_limit")
     @classmethod

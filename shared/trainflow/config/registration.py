@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Annotated
 
+from pydantic import AfterValidator, Field, model_validator
+
+from trainflow.config.names import PlainText, check_champion_alias, check_experiment_name, check_model_name
 from trainflow.config.schema_base import Section
 from trainflow.errors import UserFacingError
 from trainflow.metrics.metric_directions import is_lower_better
@@ -33,14 +36,15 @@ class Gate(Section):
 
 
 class RegisterConfig(Section):
-    model_name: str = Field(min_length=1)
-    experiment: str = "trainflow"
+    model_name: Annotated[str, AfterValidator(check_model_name)] = Field(description=(
+        "MLflow registered model: letters, digits, '.', '_' and '-', starting with a letter or digit, at most 200."))
+    experiment: Annotated[str, AfterValidator(check_experiment_name)] = "trainflow"
     # None: MLFLOW_TRACKING_URI if set, else the project-local SQLite store.
-    tracking_uri: str | None = None
+    tracking_uri: PlainText | None = None
     gates: list[Gate] = []
-    champion_alias: str = Field("champion", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
+    champion_alias: Annotated[str, AfterValidator(check_champion_alias)] = Field("champion", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
         "MLflow alias of the current best version: beat_champion gates compare with it, and a newly registered "
         "version takes it."))
-    comparison_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the champion comparison.")
-    batch_size: int = Field(64, ge=1, description="Batch size when the champion is run on the test split.")
-    device: str = Field("auto", description="Where the champion is run on the test split.")
+    comparison_resamples: int = Field(1000, ge=100, le=1_000_000, description="Paired bootstrap resamples of the champion comparison.")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Batch size when the champion is run on the test split.")
+    device: PlainText = Field("auto", description="Where the champion is run on the test split.")

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import yaml
-from pydantic import Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from trainflow.config.evaluation import CacheConfig, EvaluateConfig, ScoreConfig
 from trainflow.config.ingest import IngestConfig
 from trainflow.config.model import ModelConfig
+from trainflow.config.names import check_run_name
 from trainflow.config.platform import PlatformConfig
 from trainflow.config.registration import RegisterConfig
 from trainflow.config.schema_base import Section, looks_like_local_path, parse_section, section_payload
 from trainflow.config.training import TrainConfig
 from trainflow.config.tuning import CrossValidationConfig, TuneConfig, check_search_space
+from trainflow.config.yaml_reading import read_config_mapping, shown_text
 from trainflow.errors import ConfigError
 
 
 
 class RunConfig(Section):
-    run_name: str = Field(min_length=1)
+    run_name: Annotated[str, AfterValidator(check_run_name)] = Field(description=(
+        "Names the run's folders under the state directory, its MLflow run and its KFP runs: letters, digits, "
+        "'.', '_' and '-', starting with a letter or digit, at most 100 characters."))
     task: str = Field("text_to_image", description="A task of trainflow.tasks.registry (text_to_image, classification, ...).")
-    seed: int = 0
+    # numpy and Python seed generators from it, and numpy takes 0 .. 2**32 - 1.
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     ingest: IngestConfig
     model: ModelConfig
     cache: CacheConfig = CacheConfig()
@@ -79,17 +85,12 @@ def load_config(path: str | os.PathLike, check_local_paths: bool = True) -> RunC
     Relative paths in the file are resolved against the current directory.
     With `check_local_paths`, the dataset folder and local model/classifier
     folders must exist (a cluster compile passes False: those are pod paths).
+    Failures: ConfigError, one line, for a file that is missing, over 1 MiB, not UTF-8, not YAML,
+    uses aliases or repeats a key (trainflow.config.yaml_reading), and for any field the schema refuses.
     """
     config_path = Path(path)
-    if not config_path.is_file():
-        raise ConfigError(f"config file {config_path} does not exist; pass the path of a run YAML (see pipelines/configs/)")
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {config_path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {config_path} must hold a mapping of sections, got {type(raw).__name__}")
-    config = parse_section(RunConfig, raw, str(config_path))
+    raw = read_config_mapping(config_path)
+    config = parse_section(RunConfig, raw, shown_text(str(config_path), 300))
     if check_local_paths:
         _check_local_paths(config, config_path)
     return config

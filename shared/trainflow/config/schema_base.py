@@ -9,12 +9,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from trainflow.config.yaml_reading import shown_text
 from trainflow.errors import ConfigError
+
+# A config with hundreds of mistakes is reported by its first few; the count says how many more.
+MAX_PROBLEMS_SHOWN = 10
 
 
 class Section(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a typo must not silently fall back to a default. NaN and infinity are refused
+    # in every float field: no setting means either, and they would fail far from the config (a NaN loss).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def section_payload(section: BaseModel) -> dict[str, Any]:
@@ -26,24 +31,29 @@ def section_payload(section: BaseModel) -> dict[str, Any]:
     return section.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
+def _location_part(part: Any) -> str:
+    text = str(part)
+    return text if text.isprintable() and len(text) <= 80 else shown_text(repr(part), 80)
+
+
 def _describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
-    location = ".".join(str(part) for part in error["loc"])
+    location = ".".join(_location_part(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         known = _known_keys(model, error["loc"][:-1])
         key = str(error["loc"][-1])
-        hint = difflib.get_close_matches(key, known, n=1)
+        hint = difflib.get_close_matches(key[:100], known, n=1)
         if not hint:  # a key that lives one level down, e.g. train.learning_rate -> train.optimizer.learning_rate
             nested = {f"{section}.{name}": name for section in known
                       for name in _known_keys(model, (*error["loc"][:-1], section))}
-            close = difflib.get_close_matches(key, list(nested.values()), n=1)
+            close = difflib.get_close_matches(key[:100], list(nested.values()), n=1)
             hint = [path for path, name in nested.items() if close and name == close[0]][:1]
         suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; known keys here: {', '.join(sorted(known))}"
         return f"{location}: unknown key{suggestion}"
     if error["type"] == "missing":
         return f"{location}: required field is missing"
     given = error.get("input")
-    shown = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
-    message = str(error["msg"]).removeprefix("Value error, ")
+    shown = f" (got {shown_text(repr(given), 120)})" if given is not None and not isinstance(given, dict) else ""
+    message = shown_text(str(error["msg"]).removeprefix("Value error, "), 500)
     # A whole-section check (no location) already names its field in the message.
     return f"{location}: {message}{shown}" if location else f"{message}{shown}"
 
@@ -71,8 +81,10 @@ def parse_section(model: type[Section], payload: Any, where: str) -> Any:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        problems = "; ".join(_describe_error(e, model) for e in exc.errors())
-        raise ConfigError(f"invalid configuration in {where}: {problems}") from None
+        errors = exc.errors()
+        problems = "; ".join(_describe_error(e, model) for e in errors[:MAX_PROBLEMS_SHOWN])
+        more = f"; and {len(errors) - MAX_PROBLEMS_SHOWN} more problems" if len(errors) > MAX_PROBLEMS_SHOWN else ""
+        raise ConfigError(f"invalid configuration in {where}: {problems}{more}") from None
 
 
 def looks_like_local_path(value: str) -> bool:

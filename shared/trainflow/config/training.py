@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, model_validator
 
 from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig, WorkerCount
 from trainflow.config.platform import DistributedConfig
+from trainflow.config.names import PlainText
 from trainflow.config.schema_base import Section
+
+# Upper bounds of counts: far above any real run, low enough that a typo (an extra few zeros, a pasted
+# timestamp) fails in `validate` rather than as an overflow or a years-long loop after the data is cached.
+MAX_STEPS = 1_000_000_000
+MAX_COUNT = 1_000_000
+MAX_BATCH = 1_000_000
 
 SCHEDULES = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
@@ -18,16 +26,16 @@ SCHEDULES = (
 
 class OptimizerConfig(Section):
     name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, le=10)
+    weight_decay: float = Field(1e-2, ge=0, le=10)
+    betas: tuple[Annotated[float, Ge(0), Lt(1)], Annotated[float, Ge(0), Lt(1)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop.")
     nesterov: bool = False
     # Norm weights and biases are usually excluded from weight decay; turn off to decay everything.
     no_decay_on_norms_and_biases: bool = True
     # Learning rate per module, by parameter-name prefix (longest prefix wins), e.g. {"head": 1e-2}.
-    module_learning_rates: dict[str, float] = {}
+    module_learning_rates: dict[str, Annotated[float, Gt(0), Le(10)]] = {}
 
 
 class ScheduleConfig(Section):
@@ -37,19 +45,19 @@ class ScheduleConfig(Section):
         "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
         "one_cycle", "step", "reduce_on_plateau",
     ] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    num_cycles: float = Field(1.0, gt=0, description=(
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    num_cycles: float = Field(1.0, gt=0, le=10_000, description=(
         "cosine: half-waves of the cosine (1 = one decay from the peak to 0); cosine_with_restarts: number of restarts."))
-    power: float = Field(1.0, gt=0, description="polynomial decay power.")
-    lr_end: float = Field(1e-7, ge=0, description="polynomial: final learning rate.")
-    step_size: int = Field(1000, ge=1, description="step: optimizer steps between decays.")
+    power: float = Field(1.0, gt=0, le=100, description="polynomial decay power.")
+    lr_end: float = Field(1e-7, ge=0, le=10, description="polynomial: final learning rate.")
+    step_size: int = Field(1000, ge=1, le=MAX_STEPS, description="step: optimizer steps between decays.")
     gamma: float = Field(0.1, gt=0, le=1, description="step and reduce_on_plateau: decay factor.")
     pct_start: float = Field(0.3, gt=0, lt=1, description="one_cycle: share of steps spent increasing.")
-    plateau_patience: int = Field(2, ge=0, description="reduce_on_plateau: validations without improvement before decaying.")
+    plateau_patience: int = Field(2, ge=0, le=MAX_COUNT, description="reduce_on_plateau: validations without improvement before decaying.")
 
 
 class ValidationConfig(Section):
-    every_n_steps: int | None = Field(None, ge=1, description="Validate every N optimizer steps (in addition to epoch ends if every_epoch).")
+    every_n_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Validate every N optimizer steps (in addition to epoch ends if every_epoch).")
     every_epoch: bool = True
 
     @model_validator(mode="after")
@@ -60,18 +68,18 @@ class ValidationConfig(Section):
 
 
 class PlateauRule(Section):
-    window: int = Field(5, ge=2, description="Validations to look back over.")
+    window: int = Field(5, ge=2, le=MAX_COUNT, description="Validations to look back over.")
     threshold: float = Field(1e-3, gt=0, description="Stop when the relative change over the window is below this.")
 
 
 class OverfittingRule(Section):
-    window: int = Field(3, ge=2, description="Stop when, over this many validations, validation worsens while training improves.")
+    window: int = Field(3, ge=2, le=MAX_COUNT, description="Stop when, over this many validations, validation worsens while training improves.")
 
 
 class EarlyStoppingConfig(Section):
     monitor: str = Field("val_loss", description="Any logged validation metric, e.g. val_loss, val_accuracy, val_f1_macro.")
     mode: Literal["min", "max"] | None = Field(None, description="Default: max for accuracy/F1/IoU/R2-like metrics, min otherwise.")
-    patience: int | None = Field(5, ge=1, description="Validations without an improvement of more than min_delta before stopping; null turns it off.")
+    patience: int | None = Field(5, ge=1, le=MAX_COUNT, description="Validations without an improvement of more than min_delta before stopping; null turns it off.")
     min_delta: float = Field(0.0, ge=0, description="Decides patience only; the best checkpoint is always the best value.")
     plateau: PlateauRule | None = None
     overfitting: OverfittingRule | None = None
@@ -80,16 +88,16 @@ class EarlyStoppingConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_n_steps: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer steps (always at each epoch end).")
-    keep_top_k: int = Field(1, ge=1, description="Keep the k best checkpoints by the monitored metric, plus the newest.")
-    total_limit: int = Field(3, ge=2, description="Never keep more than this many checkpoints.")
+    every_n_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Also checkpoint every N optimizer steps (always at each epoch end).")
+    keep_top_k: int = Field(1, ge=1, le=1000, description="Keep the k best checkpoints by the monitored metric, plus the newest.")
+    total_limit: int = Field(3, ge=2, le=1000, description="Never keep more than this many checkpoints.")
 
 
 class LoggingConfig(Section):
-    every_n_steps: int = Field(10, ge=1, description="TensorBoard/MLflow scalars every N optimizer steps.")
+    every_n_steps: int = Field(10, ge=1, le=MAX_STEPS, description="TensorBoard/MLflow scalars every N optimizer steps.")
     tensorboard: bool = True
     mlflow: bool = Field(False, description="Log step metrics to MLflow (needs MLFLOW_TRACKING_URI or register.tracking_uri).")
-    sample_images: int = Field(4, ge=0, description="Images generated at each validation into TensorBoard, by tasks that "
+    sample_images: int = Field(4, ge=0, le=64, description="Images generated at each validation into TensorBoard, by tasks that "
                                "generate images (text_to_image: the first val captions, fixed seed); 0 turns them off.")
     # Off by default: a training process opens no network listener unless asked (laptops, shared CI machines,
     # several local runs at once); a cluster config turns it on with one line, and the pods expose it.
@@ -115,8 +123,8 @@ class EmaConfig(Section):
 
 
 class LoraConfig(Section):
-    rank: int = Field(8, ge=1)
-    alpha: float | None = Field(None, gt=0, description="Default: equal to rank.")
+    rank: int = Field(8, ge=1, le=4096)
+    alpha: float | None = Field(None, gt=0, le=100_000, description="Default: equal to rank.")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
     merge: bool = Field(False, description="Export a full UNet with the adapter merged instead of the adapter file.")
@@ -128,8 +136,8 @@ class PriorPreservationConfig(Section):
     ratio: float | None = Field(None, gt=0, lt=1, description=(
         "Share of each epoch's training records that are class images (e.g. 0.5: as many as instance records, "
         "DreamBooth's 1:1); default: all class images once per epoch, times `repeats`."))
-    repeats: int = Field(1, ge=1, description="Times each class image is drawn per epoch (when ratio is not set).")
-    loss_weight: float = Field(1.0, ge=0, description="Weight of a class image's loss against an instance image's 1.")
+    repeats: int = Field(1, ge=1, le=MAX_COUNT, description="Times each class image is drawn per epoch (when ratio is not set).")
+    loss_weight: float = Field(1.0, ge=0, le=1000, description="Weight of a class image's loss against an instance image's 1.")
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "PriorPreservationConfig":
@@ -142,14 +150,14 @@ class DiffusionTrainingConfig(Section):
     # Share of training captions replaced by the empty caption, so the model also
     # learns the unconditional prediction that classifier-free guidance needs.
     caption_dropout: float = Field(0.1, ge=0, lt=1)
-    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (5.0 is the usual value).")
-    noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0.05-0.1 helps very dark/bright images).")
-    input_perturbation: float = Field(0.0, ge=0, description="Extra noise on the noisy input (0.1 in the paper).")
+    snr_gamma: float | None = Field(None, gt=0, le=1000, description="Min-SNR-gamma loss weighting (5.0 is the usual value).")
+    noise_offset: float = Field(0.0, ge=0, le=10, description="Offset noise strength (0.05-0.1 helps very dark/bright images).")
+    input_perturbation: float = Field(0.0, ge=0, le=10, description="Extra noise on the noisy input (0.1 in the paper).")
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = False
     train_text_encoder: bool = False
-    text_encoder_learning_rate: float | None = Field(None, gt=0, description="Default: the optimizer's learning rate.")
-    repeats: int = Field(1, ge=1, description="Times each training image (not class image) is drawn per epoch.")
+    text_encoder_learning_rate: float | None = Field(None, gt=0, le=10, description="Default: the optimizer's learning rate.")
+    repeats: int = Field(1, ge=1, le=MAX_COUNT, description="Times each training image (not class image) is drawn per epoch.")
     prior_preservation: PriorPreservationConfig | None = Field(None, description=(
         "Mixing of the class images ingest.prior_preservation added (needs them in the cache); without this block "
         "they train like the other images, once per epoch, at weight 1."))
@@ -158,13 +166,13 @@ class DiffusionTrainingConfig(Section):
 class LossConfig(Section):
     name: Literal["cross_entropy", "focal", "mse", "l1", "huber", "cross_entropy_dice", "custom"] | None = Field(
         None, description="Default: cross_entropy (classification), mse (regression), cross_entropy_dice (segmentation).")
-    class_weights: Literal["balanced"] | list[float] | None = Field(None, description="'balanced' = inverse class frequency in the train split.")
+    class_weights: Literal["balanced"] | list[Annotated[float, Ge(0), Le(1e6)]] | None = Field(None, description="'balanced' = inverse class frequency in the train split.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    focal_gamma: float = Field(2.0, ge=0)
-    huber_delta: float = Field(1.0, gt=0)
-    target_weights: list[float] | None = Field(None, description="Regression: weight per target column.")
-    dice_weight: float = Field(1.0, ge=0, description="Segmentation: weight of the Dice term beside cross-entropy.")
-    custom: str | None = Field(None, description="'package.module:function' taking (outputs, targets) and returning a scalar loss.")
+    focal_gamma: float = Field(2.0, ge=0, le=100)
+    huber_delta: float = Field(1.0, gt=0, le=1e6)
+    target_weights: list[Annotated[float, Ge(0), Le(1e6)]] | None = Field(None, description="Regression: weight per target column.")
+    dice_weight: float = Field(1.0, ge=0, le=1000, description="Segmentation: weight of the Dice term beside cross-entropy.")
+    custom: PlainText | None = Field(None, description="'package.module:function' taking (outputs, targets) and returning a scalar loss.")
 
     @model_validator(mode="after")
     def _custom_needs_path(self) -> "LossConfig":
@@ -174,15 +182,15 @@ class LossConfig(Section):
 
 
 class TrainConfig(Section):
-    max_epochs: int = Field(10, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides max_epochs for the schedule).")
-    batch_size: int = Field(8, ge=1, description="Micro-batch per process; effective batch = batch_size × gradient_accumulation × world size.")
-    gradient_accumulation: int = Field(1, ge=1)
+    max_epochs: int = Field(10, ge=1, le=MAX_COUNT)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps (overrides max_epochs for the schedule).")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="Micro-batch per process; effective batch = batch_size × gradient_accumulation × world size.")
+    gradient_accumulation: int = Field(1, ge=1, le=MAX_COUNT)
     effective_batch_size: int | None = Field(
-        None, ge=1, description="If set, gradient_accumulation is derived: effective / (batch_size × world size), which must divide exactly.")
+        None, ge=1, le=MAX_BATCH * MAX_COUNT, description="If set, gradient_accumulation is derived: effective / (batch_size × world size), which must divide exactly.")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    grad_clip_norm: float = Field(1.0, ge=0, description="Max gradient norm; 0 turns clipping off.")
+    grad_clip_norm: float = Field(1.0, ge=0, le=1e6, description="Max gradient norm; 0 turns clipping off.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     ema: EmaConfig | None = None
     validation: ValidationConfig = ValidationConfig()
@@ -196,7 +204,7 @@ class TrainConfig(Section):
     transforms: TransformsConfig = TransformsConfig()
     data_loading: DataLoadingConfig = DataLoadingConfig()
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise-reproducible on CPU; slower on GPU).")
-    device: str = "auto"
+    device: PlainText = "auto"
     distributed: DistributedConfig | None = Field(None, description="Train on several pods through a PyTorchJob/TrainJob (cluster runs only).")
 
     @model_validator(mode="after")

@@ -21,12 +21,17 @@ from __future__ import annotations
 import math
 import types
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
+from trainflow.config.names import MAX_RUN_NAME, check_kubernetes_name, check_secret_key, path_component_name
 from trainflow.config.schema_base import Section
 from trainflow.metrics.metric_directions import is_lower_better
+
+def check_study_name(value: str) -> str:
+    return path_component_name("study_name", value, MAX_RUN_NAME)
+
 
 # Trials share one split and one cache, so only what training reads may vary between them.
 TUNABLE_SECTIONS = ("train", "model")
@@ -41,7 +46,7 @@ class ParamRange(Section):
     categorical: list[Scalar] | None = Field(None, min_length=1)
     log: bool = Field(False, description="float/int: sample on a log scale (both ends > 0).")
     step: float | None = Field(None, gt=0, description="float/int: spacing of the values (int default 1).")
-    grid_points: int | None = Field(None, ge=2, description="grid sampler, float ranges: this many values, evenly spaced (log-spaced with log).")
+    grid_points: int | None = Field(None, ge=2, le=10_000, description="grid sampler, float ranges: this many values, evenly spaced (log-spaced with log).")
     when: dict[str, Scalar] | None = Field(None, description="Sample only when these fields (tuned or fixed) have these values.")
 
     @model_validator(mode="after")
@@ -103,8 +108,8 @@ class TuneStorage(Section):
         "rdb: a database URL (e.g. postgresql://...) read from the environment variable url_env; on a cluster "
         "the pipeline fills it from the Kubernetes Secret `secret` (key `secret_key`). Never a parameter."))
     url_env: str = Field("TRAINFLOW_OPTUNA_STORAGE", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    secret: str | None = Field(None, description="Kubernetes Secret holding the database URL (cluster runs, kind rdb).")
-    secret_key: str = "url"
+    secret: Annotated[str, AfterValidator(check_kubernetes_name)] | None = Field(None, description="Kubernetes Secret holding the database URL (cluster runs, kind rdb).")
+    secret_key: Annotated[str, AfterValidator(check_secret_key)] = "url"
 
 
 class TuneConfig(Section):
@@ -115,17 +120,18 @@ class TuneConfig(Section):
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "successive_halving", "hyperband", "none"] | None = Field(
         None, description="Default: median with one objective; none with several (Optuna prunes single-objective studies only).")
-    pruner_startup_trials: int = Field(4, ge=0, description="median: trials that finish before any is pruned.")
-    pruner_warmup_steps: int = Field(0, ge=0, description="median: optimizer steps before a trial can be pruned.")
-    trials: int | None = Field(20, ge=1, description="Finished trials (complete, pruned or failed) the study runs to.")
-    wall_time_minutes: float | None = Field(None, gt=0, description="Each worker starts no new trial after this long.")
+    pruner_startup_trials: int = Field(4, ge=0, le=1_000_000, description="median: trials that finish before any is pruned.")
+    pruner_warmup_steps: int = Field(0, ge=0, le=1_000_000_000, description="median: optimizer steps before a trial can be pruned.")
+    trials: int | None = Field(20, ge=1, le=1_000_000, description="Finished trials (complete, pruned or failed) the study runs to.")
+    wall_time_minutes: float | None = Field(None, gt=0, le=1e7, description="Each worker starts no new trial after this long.")
     workers: int = Field(1, ge=1, le=64, description="Trial workers asking the shared study (ParallelFor parallelism).")
-    seed: int | None = Field(None, description="Sampler seed (default: the run's seed).")
-    study_name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Default: the run_name.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampler seed (default: the run's seed).")
+    study_name: Annotated[str, AfterValidator(check_study_name)] | None = Field(None, description=(
+        "Default: the run_name. Same rule: a folder name under <state>/tuning."))
     refit: Literal["train", "train_val"] = Field("train", description=(
         "Train the best configuration as the final model on train (early stopping on val), or on train+val for "
         "the best trial's number of epochs."))
-    stale_after_seconds: float = Field(120.0, ge=5, description=(
+    stale_after_seconds: float = Field(120.0, ge=5, le=1e7, description=(
         "A running trial whose worker wrote no heartbeat for this long is taken as killed: it is re-queued with "
         "the same parameters and resumes from its checkpoints."))
     storage: TuneStorage = TuneStorage()

@@ -12,13 +12,13 @@ headline metric gets the corrected resampled t-test.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from trainflow.artifacts import LocalArtifact
 from trainflow.atomic_files import atomic_write_json
 from trainflow.config import RunConfig, parse_section, section_payload
+from trainflow.contained_paths import path_inside, remove_inside, state_directory
 from trainflow.errors import ConfigError
 from trainflow.tasks import get_task
 
@@ -57,9 +57,9 @@ def cross_validate_locally(config: RunConfig, state_dir: str | Path = ".trainflo
     if not get_task(config.task).compares_per_record:
         raise ConfigError(f"task: cross-validation scores held-out folds record by record, which {config.task} does not support")
     config = with_fold_split(config)
-    root = Path(state_dir).resolve() / "cross-validation" / config.run_name
+    root = path_inside(state_directory(state_dir), "cross-validation", config.run_name)
     if fresh:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_inside(state_dir, root)
     dataset = _ingest(config, root / "data")
     repeats = config.cross_validation.repeats if config.cross_validation else 1
     runs = fold_runs(dataset, config.ingest, repeats, config.seed)

@@ -19,13 +19,15 @@ from pathlib import Path
 import optuna
 
 from trainflow.config.tuning import TuneConfig
+from trainflow.contained_paths import path_inside
 from trainflow.errors import ConfigError, UserFacingError
 
 JOURNAL_FILE = "journal.log"
 
 
 def study_folder(root: str | Path, study_name: str) -> Path:
-    return Path(root) / "tuning" / study_name
+    """<root>/tuning/<study name>; UserFacingError if it would lead out of `root`."""
+    return path_inside(root, "tuning", study_name)
 
 
 def redacted_url(url: str) -> str:

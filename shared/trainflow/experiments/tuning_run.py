@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from trainflow.artifacts import LocalArtifact
 from trainflow.atomic_files import atomic_write_json
 from trainflow.config import RunConfig, parse_section, section_payload
 from trainflow.config.tuning import apply_params, objective_directions
+from trainflow.contained_paths import remove_inside, state_directory
 from trainflow.errors import ConfigError, UserFacingError
 from trainflow.experiments.study_results import study_results
 from trainflow.experiments.study_storage import describe_storage, study_folder
@@ -64,7 +64,7 @@ def start_study(config: RunConfig, state_dir: str | Path, fresh: bool = False) -
     if tune is None:
         raise ConfigError("tune: the config has no tune section; add one (see README, Experiments)")
     name = tune.study_name or config.run_name
-    folder = study_folder(Path(state_dir).resolve(), name)
+    folder = study_folder(state_directory(state_dir), name)
     if fresh:
         _delete_study(config, folder, name)
     _, cache = prepare_data(config, folder / "data")
@@ -85,7 +85,7 @@ def _delete_study(config: RunConfig, folder: Path, name: str) -> None:
             optuna.delete_study(study_name=name, storage=open_storage(config.tune, folder))
         except KeyError:
             pass  # no such study yet
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_inside(folder.parent, folder)
 
 
 def run_workers(request: StudyRequest, workers: int, verbose: bool = False) -> None:
