@@ -12,6 +12,10 @@ handler bound to sys.stdout in `local_logger_context`), so the run redirects std
 `StageReporter`, which prints one line as each stage starts and ends, a progress bar on a
 terminal, and, for a failed stage, its last log lines and one-line error. `verbose=True`
 leaves kfp.local's output as it is.
+
+Retries (local_retries.py): a stage that failed with a user error (exit code 2) is not run again; another
+failure is, after the pipeline's backoff, and its lines say which attempt runs ("[4/6] train, attempt 2 of 3").
+The counter counts stages, not attempts, so it never runs past the total.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from trainflow.commands.local_retries import stage_retries
 from trainflow.config import RunConfig
 from trainflow.contained_paths import path_inside, remove_inside, state_directory
 from trainflow.errors import ConfigError, UserFacingError
@@ -70,11 +75,15 @@ class StageReporter(io.TextIOBase):
     Inputs: the console to print on (not sys.stdout while redirected), the number of stages, how
     many log lines to show for a failed stage. On a terminal a transient bar shows the running
     stage's elapsed time (training: epochs). `failure` holds (stage, one-line error) after a failure.
+    A stage keeps its number over its attempts; `attempt_started` (from the retry loop) names the attempt.
     """
 
     def __init__(self, console: Console, total_stages: int, tail_lines: int = 20):
         self.console, self.total, self.failure = console, total_stages, None
-        self._partial, self._current, self._started_at, self._count = "", None, 0.0, 0
+        self._partial, self._current, self._started_at = "", None, 0.0
+        self._numbers: dict[str, int] = {}  # stage -> its number in the run, kept over its attempts
+        self._attempts: dict[str, tuple[int, int]] = {}  # stage -> (attempt, attempts) when it has several
+        self._label = ""
         self._log: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._progress = (Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                                    console=console, transient=True) if console.is_terminal else None)
@@ -112,11 +121,19 @@ class StageReporter(io.TextIOBase):
             if _WARNING.match(text):
                 self.console.print(f"  {text}", markup=False, highlight=False)
 
+    def attempt_started(self, stage: str, attempt: int, attempts: int) -> None:
+        """The retry loop starts attempt `attempt` of `attempts` of `stage` (its lines say so from the second on)."""
+        self._attempts[stage] = (attempt, attempts)
+
     def _start(self, stage: str) -> None:
         self._current, self._started_at = stage, time.monotonic()
-        self._count += 1
+        number = self._numbers.setdefault(stage, len(self._numbers) + 1)
+        self.total = max(self.total, number)
+        attempt, attempts = self._attempts.get(stage, (1, 1))
+        name = stage if attempt == 1 else f"{stage}, attempt {attempt} of {attempts}"
+        self._label = f"[{number}/{self.total}] {name:<17}"
         self._log.clear()
-        self.console.print(f"[{self._count}/{self.total}] {stage:<17} started", highlight=False)
+        self.console.print(f"{self._label} started", highlight=False)
         if self._progress is not None:
             self._bar = self._progress.add_task(stage, total=None)
 
@@ -132,7 +149,7 @@ class StageReporter(io.TextIOBase):
             self._progress.remove_task(self._bar)
             self._bar = None
         status = "[green]succeeded[/green]" if succeeded else "[red]failed[/red]"
-        self.console.print(f"[{self._count}/{self.total}] {stage:<17} {status} in {seconds:.1f} s", highlight=False)
+        self.console.print(f"{self._label} {status} in {seconds:.1f} s", highlight=False)
         if not succeeded:
             lines = list(self._log)
             self.console.print(f"Last {len(lines)} log lines of {stage}:", highlight=False)
@@ -140,6 +157,15 @@ class StageReporter(io.TextIOBase):
                 self.console.print(f"  {line}", markup=False, highlight=False)
             self.failure = (stage, one_line_error(lines))
         self._current = None
+
+
+def attempt_failed_line(stage: str, attempt: int, attempts: int, delay: float | None) -> str | None:
+    """The line after a failed attempt: when the next one runs, or why there is none (None: it was the last)."""
+    if delay is not None:
+        return f"  {stage}: attempt {attempt} of {attempts} failed; retrying in {delay:.0f} s"
+    if attempt < attempts:
+        return f"  {stage}: not retried: it failed with a user error (exit code 2), which running it again cannot fix"
+    return None
 
 
 def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: bool = False,
@@ -167,10 +193,18 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
     arguments = module.pipeline_arguments(config, tracking_uri=tracking_uri)
     arguments["checkpoint_dir"] = str(checkpoints)
     reporter = None
-    if not verbose:  # the console must hold the real stdout: it prints while stdout is redirected
-        reporter = StageReporter(console or Console(file=sys.stdout, soft_wrap=True), len(module.STAGES) + 1)
+    # The console must hold the real stdout: it prints while stdout is redirected.
+    console = console or Console(file=sys.stdout, soft_wrap=True)
+    if not verbose:
+        reporter = StageReporter(console, len(module.STAGES) + 1)
+    on_attempt = reporter.attempt_started if reporter is not None else lambda *_: None
+
+    def on_failure(*attempt: Any) -> None:
+        if line := attempt_failed_line(*attempt):
+            console.print(line, markup=False, highlight=False)
+
     started = time.time()
-    with warnings.catch_warnings(), contextlib.ExitStack() as quiet:
+    with warnings.catch_warnings(), contextlib.ExitStack() as quiet, stage_retries(on_attempt, on_failure):
         # Our image is a Python image; kfp.local only guesses from its name.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,6 +87,9 @@ class RecordRules:
     label_column: str | None = None
     target_columns: tuple[str, ...] = ()
     group_column: str | None = None
+    feature_columns: tuple[str, ...] = ()  # one name per feature value, so a reason names the column
+    caption_column: str | None = None
+    id_column: str | None = None
 
 
 def content_hash(*parts: Any) -> str:
@@ -126,71 +130,103 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+def hidden_character(text: str) -> str | None:
+    """The first character of `text` that no one can see or type in a name, spelled U+XXXX, or None.
+
+    Control characters (NUL, BEL, ESC, an embedded line break...), line/paragraph separators, a byte order
+    mark and U+FFFD (an undecodable byte) would make a class name, id or group that looks like another.
+    """
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in "\ufeff\ufffd":
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _column(name: str | None, field: str) -> str:
+    """How a reason names the column a value came from: "label column 'species'", or the field alone."""
+    return f"{field} column {name!r}" if name else field
+
+
 def _text_key(value: Any, rule: str, what: str) -> str:
-    """An id or group value as a string."""
+    """An id or group value as a string (`what` names its column)."""
     number = _integer(value)
     if number is not None and not isinstance(value, (float, np.floating)):
         return str(number)
-    if isinstance(value, str) and value.strip() and "\x00" not in value and _is_unicode(value):
+    if isinstance(value, str) and value.strip() and _is_unicode(value):
+        if hidden := hidden_character(value.strip(" ")):
+            raise RecordRejected(rule, f"{what} value {_shown(value)} holds a control character or line break ({hidden})")
         return value.strip()
-    raise RecordRejected(rule, f"{what} {_shown(value)} must be a non-empty string or an integer")
+    raise RecordRejected(rule, f"{what} value {_shown(value)} must be a non-empty string or an integer")
 
 
 def _caption(value: Any, rules: RecordRules) -> str | None:
     if "caption" not in rules.required:
         return value.strip() if isinstance(value, str) and value.strip() else None
+    column = _column(rules.caption_column, "caption")
     if _is_missing(value):
-        raise RecordRejected("caption_missing", "caption is missing")
+        raise RecordRejected("caption_missing", f"{column} is missing")
     if not isinstance(value, str):
-        raise RecordRejected("caption_not_text", f"caption {_shown(value)} is not text")
+        raise RecordRejected("caption_not_text", f"{column} value {_shown(value)} is not text")
     if not _is_unicode(value) or "\ufffd" in value:
-        raise RecordRejected("caption_not_text", "caption holds characters that are not valid text (undecodable bytes)")
+        raise RecordRejected("caption_not_text", f"{column} holds characters that are not valid text (undecodable bytes)")
     if not value.strip():
-        raise RecordRejected("caption_empty", "caption is empty")
+        raise RecordRejected("caption_empty", f"{column} is empty")
     return value.strip()
 
 
 def _label(value: Any, rules: RecordRules) -> int | None:
     if _is_missing(value):
         if "label" in rules.required:
-            raise RecordRejected("label_missing", f"no '{rules.label_column}' value")
+            raise RecordRejected("label_missing", f"{_column(rules.label_column, 'label')} has no value")
         return None
     names = rules.class_names
     number = _integer(value)
+    column = _column(rules.label_column, "label")
+    if isinstance(value, str) and (hidden := hidden_character(value.strip(" "))):
+        # A corrupted cell must not become a class of its own (or silently match one after cleaning).
+        raise RecordRejected("label_control_character", f"{column} value {_shown(value)} holds a control character or "
+                                                        f"line break ({hidden}); fix the cell")
     if rules.labels_are_names:
         name = str(number) if number is not None else value.strip() if isinstance(value, str) else None
         if name is None:
-            raise RecordRejected("label_not_integer", f"label {_shown(value)} is not a class name or integer")
+            raise RecordRejected("label_not_integer", f"{column} value {_shown(value)} is not a class name or integer")
         if names is None or name not in names:
-            raise RecordRejected("label_unknown_class", f"label {name!r} is not one of the declared classes (ingest.class_names)")
+            raise RecordRejected("label_unknown_class", f"{column} value {name[:80]!r} is not one of the declared "
+                                                        "classes (ingest.class_names)")
         return names.index(name)
     if number is None and isinstance(value, str) and names is not None and value in names:
         return names.index(value)
     if number is None:
-        raise RecordRejected("label_not_integer", f"label {_shown(value)} is not an integer class index")
+        raise RecordRejected("label_not_integer", f"{column} value {_shown(value)} is not an integer class index")
     if number < 0 or (names is not None and number >= len(names)):
         declared = f"the {len(names)} declared classes 0..{len(names) - 1}" if names is not None else "0 or more"
-        raise RecordRejected("label_unknown_class", f"label {number} is outside {declared}")
+        raise RecordRejected("label_unknown_class", f"{column} value {str(number)[:20]} is outside {declared}")
     if names is None and number >= MAX_UNDECLARED_CLASSES:  # class names default to 0..largest label
-        raise RecordRejected("label_unknown_class", f"label {str(number)[:20]} is not below {MAX_UNDECLARED_CLASSES}; "
-                                                    "list the classes in ingest.class_names")
+        raise RecordRejected("label_unknown_class", f"{column} value {str(number)[:20]} is not below "
+                                                    f"{MAX_UNDECLARED_CLASSES}; list the classes in ingest.class_names")
     return number
 
 
-def _finite_numbers(values: Any, names: tuple[str, ...] | None, what: str) -> tuple[float, ...]:
+def _finite_numbers(values: Any, names: tuple[str, ...], what: str) -> tuple[float, ...]:
+    """`values` as floats; a reason names the column (`names`, one per value) that holds the bad one."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise RecordRejected(f"{what}_not_number", f"{what} values {_shown(values)} are not a row of numbers")
     row = list(values.tolist() if isinstance(values, np.ndarray) else values)
+    if names and len(row) != len(names):
+        raise RecordRejected(f"{what}_missing", f"{len(row)} {what} values for the {len(names)} {what} columns "
+                                                f"{', '.join(map(repr, names[:10]))}")
     for index, value in enumerate(row):
-        name = repr(names[index]) if names and index < len(names) else f"#{index}"
+        name = _column(names[index], what) if names else f"{what} #{index}"
         if value is None:
-            raise RecordRejected(f"{what}_missing", f"{what} {name} is missing")
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            raise RecordRejected(f"{what}_not_number", f"{what} {name} is {_shown(value)}, not a number")
+            raise RecordRejected(f"{what}_missing", f"{name} is missing")
+        if isinstance(value, (bool, np.bool_, np.complexfloating)) or not isinstance(value, (int, float, np.number)):
+            raise RecordRejected(f"{what}_not_number", f"{name} is {_shown(value)}, not a number")
         try:
             number = float(value)
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise RecordRejected(f"{what}_not_finite", f"{what} {name} is {value!r}; it must be finite")
+            raise RecordRejected(f"{what}_not_finite", f"{name} is {_shown(value)}; it must be finite")
         row[index] = number
     return tuple(row)
 
@@ -222,21 +258,22 @@ def _mask(candidate: CandidateRecord, rules: RecordRules, image_size: tuple[int,
 
 
 def _checked(candidate: CandidateRecord, rules: RecordRules) -> IngestRecord:
-    explicit_id = None if _is_missing(candidate.record_id) else _text_key(candidate.record_id, "id_invalid", "record id")
+    explicit_id = None if _is_missing(candidate.record_id) else _text_key(
+        candidate.record_id, "id_invalid", _column(rules.id_column, "record id"))
     group = None
     if rules.group_column:
         if _is_missing(candidate.group):
-            raise RecordRejected("group_missing", f"no '{rules.group_column}' value (the record's group)")
-        group = _text_key(candidate.group, "group_invalid", "group")
+            raise RecordRejected("group_missing", f"group column {rules.group_column!r} has no value (the record's group)")
+        group = _text_key(candidate.group, "group_invalid", _column(rules.group_column, "group"))
     caption = _caption(candidate.caption, rules)
     label = _label(candidate.label, rules)
     targets = None
     if rules.target_columns:
         if candidate.targets is None:
-            raise RecordRejected("target_missing", "no target values")
+            raise RecordRejected("target_missing", f"no values for the target columns {', '.join(map(repr, rules.target_columns))}")
         targets = _finite_numbers(candidate.targets, rules.target_columns, "target")
     if rules.kind == "table":
-        features = _finite_numbers(candidate.features, None, "feature")
+        features = _finite_numbers(candidate.features, rules.feature_columns, "feature")
         sha256 = content_hash(features, targets, label)
         record_id = explicit_id or candidate.default_id or sha256
         return IngestRecord(record_id, sha256, candidate.layout_split, caption, label, targets, features, group=group)

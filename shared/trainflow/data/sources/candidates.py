@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from trainflow.data.checks.quarantine import RejectedRecord
+from trainflow.data.checks.quarantine import DataWarning, RejectedRecord
 from trainflow.data.checks.record_validation import CandidateRecord
 
 
@@ -18,6 +18,7 @@ class SourceCandidates:
     rejected: declarations that are not records at all (a line that is not JSON, say).
     class_names / target_names / feature_names: what the source itself names (None: it does not say).
     labels_are_names: labels hold class names (tables) rather than class indices (folders, arrays).
+    warnings: what the source left out without rejecting a record (a key only a few rows hold, say).
     """
 
     candidates: list[CandidateRecord]
@@ -28,3 +29,4 @@ class SourceCandidates:
     target_names: list[str] | None = None
     feature_names: list[str] | None = None
     labels_are_names: bool = False
+    warnings: list[DataWarning] = dataclasses.field(default_factory=list)

@@ -37,7 +37,7 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
         if not raw.strip():
             continue
         try:
-            yield number, json.loads(raw.decode("utf-8"))
+            yield number, json.loads(raw.decode("utf-8-sig"))  # -sig: a byte order mark is not part of the record
         except Exception as exc:  # not UTF-8, not JSON, nested too deep, a number too long: one bad line
             yield number, exc
 
@@ -73,7 +73,7 @@ def _imagefolder_candidates(root: Path, cfg: IngestConfig, rejected: list[Reject
 
 def _captions_items(captions_file: Path, source: str, rejected: list[RejectedRecord]) -> list[Any]:
     try:
-        payload = json.loads(captions_file.read_bytes().decode("utf-8"))
+        payload = json.loads(captions_file.read_bytes().decode("utf-8-sig"))
     except Exception as exc:  # not UTF-8 or not JSON: the whole file is one unusable declaration
         rejected.append(RejectedRecord(source, source, f"captions.json is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})",
                                        "metadata_line"))

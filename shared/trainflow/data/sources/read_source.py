@@ -62,6 +62,7 @@ def _rules(cfg: IngestConfig, needs: RecordNeeds, found: SourceCandidates) -> Re
         mask_classes=len(names) if names is not None and needs.classes_of == "masks" else None,
         labels_are_names=found.labels_are_names, label_column=cfg.label_column,
         target_columns=tuple(found.target_names or ()), group_column=cfg.group_column,
+        feature_columns=tuple(found.feature_names or ()), caption_column=cfg.caption_column, id_column=cfg.id_column,
     )
 
 
@@ -123,7 +124,7 @@ def read_source(cfg: IngestConfig, needs: RecordNeeds, caption_counter: CaptionT
             sources[id(outcome)] = candidate.source
     records, duplicates = drop_duplicates(checked, sources)
     data = SourceData(records, rejected + duplicates, found.kind, _settled_class_names(cfg, needs, found, records),
-                      found.target_names, found.feature_names)
+                      found.target_names, found.feature_names, list(found.warnings))
     if needs.counts_caption_tokens:
         counter = caption_counter or whitespace_counter(cfg.max_caption_tokens)
         if warning := long_caption_warning({r.record_id: r.caption for r in records if r.caption}, counter):

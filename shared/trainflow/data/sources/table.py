@@ -5,18 +5,23 @@ they must stay inside) with caption/label/target/mask columns; any other table h
 a table are class names (ingest.class_names, or the distinct values of the column, numbers in numeric order).
 
 Rows are read with the standard csv module (so a malformed row is one rejection with its line number, not a
-failed parse), our JSON-lines reader, or pyarrow for Parquet.
+failed parse), our JSON-lines reader, or pyarrow for Parquet; a byte order mark at the start of a text file is
+not part of its first column or record. A JSON-lines table's columns are the declared ones and the keys most
+rows hold: a key only a few rows hold is left out with a warning, so one odd row cannot change the features
+of every other row. A label cell holding a control character or line break is that row's rejection, never a
+class of its own.
 """
 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 from trainflow.config import IngestConfig
-from trainflow.data.checks.quarantine import RejectedRecord
-from trainflow.data.checks.record_validation import CandidateRecord
+from trainflow.data.checks.quarantine import DataWarning, RejectedRecord
+from trainflow.data.checks.record_validation import CandidateRecord, hidden_character
 from trainflow.data.sources.candidates import SourceCandidates
 from trainflow.data.sources.image_folder import read_json_lines, reference_text
 from trainflow.errors import UserFacingError
@@ -34,6 +39,9 @@ def _csv_rows(path: Path, rejected: list[RejectedRecord]) -> tuple[list[str], Ro
         header = next(reader, None)
         if not header:
             raise UserFacingError(f"table {path} is empty; its first line must name the columns")
+        if repeated := sorted({name for name in header if header.count(name) > 1}):
+            raise UserFacingError(f"table {path} names column {repeated[0][:80]!r} more than once in its header; "
+                                  "give every column its own name")
         while True:
             try:
                 cells = next(reader)
@@ -121,10 +129,28 @@ def label_names(values: Iterator[Any]) -> list[str]:
     for value in values:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
             names.add(str(int(value)))
-        elif isinstance(value, str) and value.strip():
-            names.add(value.strip())
+        elif isinstance(value, str) and value.strip() and not hidden_character(value.strip(" ")):
+            names.add(value.strip())  # a cell with a control character is rejected by its row's check
     numeric = all(name.lstrip("-").isdigit() for name in names)
     return sorted(names, key=lambda name: (int(name), name) if numeric else (0, name))
+
+
+def _majority_columns(columns: list[str], rows: Rows, declared: set[str]) -> tuple[list[str], list[DataWarning]]:
+    """The declared columns and the keys more than half the rows hold; a warning names any key left out.
+
+    Only a JSON-lines table can hold keys that other rows lack (a CSV header and a Parquet schema name every
+    column of every row).
+    """
+    held = Counter(key for _, row in rows for key in row)
+    kept = [c for c in columns if c in declared or held[c] * 2 > len(rows)]
+    left_out = [c for c in columns if c not in kept]
+    if not left_out:
+        return kept, []
+    examples = tuple(source for source, row in rows if any(key in row for key in left_out))
+    shown = ", ".join(f"{str(c)[:40]!r} ({held[c]} of {len(rows)} rows)" for c in left_out[:5])
+    message = (f"{len(examples)} rows hold keys most rows lack: {shown}{' ...' if len(left_out) > 5 else ''}; "
+               "they were left out of the table's columns (name one in ingest.feature_columns to use it)")
+    return kept, [DataWarning("table_rare_keys", len(examples), message, examples[:5])]
 
 
 def table_candidates(cfg: IngestConfig) -> SourceCandidates:
@@ -132,14 +158,16 @@ def table_candidates(cfg: IngestConfig) -> SourceCandidates:
     path = Path(cfg.table or "").expanduser().resolve()
     rejected: list[RejectedRecord] = []
     columns, rows = read_table_rows(path, cfg.resolved_table_format, rejected)
-    is_image = cfg.image_column in columns
     targets = list(cfg.target_columns or [])
     named = [c for c in (cfg.label_column, cfg.mask_column, cfg.id_column, cfg.group_column) if c]
-    used = {cfg.image_column, cfg.caption_column, *targets, *named}
     missing = [c for c in [*targets, *named, *(cfg.feature_columns or [])] if c not in columns]
     if missing:
         raise UserFacingError(f"table {path} has no column {', '.join(map(repr, missing))}; its columns are "
-                              f"{', '.join(map(str, columns[:20]))}")
+                              f"{', '.join(str(c)[:80] for c in columns[:20])}")
+    declared = {cfg.caption_column, *targets, *named, *(cfg.feature_columns or [])}
+    columns, warnings = _majority_columns(columns, rows, declared)
+    is_image = cfg.image_column in columns
+    used = {cfg.image_column, cfg.caption_column, *targets, *named}
     features = None if is_image else list(cfg.feature_columns or _default_features(columns, rows, used))
     if features is not None and not features:
         raise UserFacingError(f"table {path}: no numeric feature columns and no '{cfg.image_column}' image column; "
@@ -160,4 +188,4 @@ def table_candidates(cfg: IngestConfig) -> SourceCandidates:
         ))
     # Image paths resolve against the table's folder and must stay inside it.
     return SourceCandidates(candidates, "image" if is_image else "table", path.parent, rejected, class_names,
-                            cfg.target_columns, features, labels_are_names=True)
+                            cfg.target_columns, features, labels_are_names=True, warnings=warnings)
