@@ -178,3 +178,28 @@ def test_poisoned_test_labels_do_not_change_a_single_trial_so_the_search_never_r
         outcomes.append([(t.state.name, t.params, t.values) for t in study_trials(data / "study")])
     assert outcomes[0] == outcomes[1]  # same proposals (seeded) and the same validation scores, trial by trial
     assert len(outcomes[0]) == 4
+
+
+def test_a_grid_search_tries_every_point_once_even_when_resumed_with_a_new_sampler():
+    import optuna
+
+    from trainflow.experiments.samplers import build_sampler
+    from trainflow.experiments.search_space import grid_size, suggest_params
+
+    config = tuning_config(trials=8, sampler="grid", params={
+        "train.optimizer.learning_rate": {"float": [1e-4, 1e-1], "log": True, "grid_points": 4},
+        "train.batch_size": {"categorical": [16, 32]}})
+    assert grid_size(config.tune) == 8
+    storage = optuna.storages.InMemoryStorage()
+    seen = []
+    for _ in range(2):  # a resumed run builds its sampler afresh and must go on through the same shuffled grid
+        study = optuna.create_study(storage=storage, study_name="grid", load_if_exists=True,
+                                    sampler=build_sampler(config.tune, seed=7, workers=1))
+        for _ in range(4):
+            trial = study.ask()
+            params = suggest_params(trial, config.tune, {})
+            seen.append((params["train.optimizer.learning_rate"], params["train.batch_size"]))
+            study.tell(trial, 0.5)
+    assert len(set(seen)) == 8
+    assert sorted({lr for lr, _ in seen}) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    assert max(lr for lr, _ in seen) <= 1e-1  # the log grid's top end is the range's end, not a hair past it

@@ -89,6 +89,7 @@ class ParamRange(Section):
             values = [math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (n - 1)) for i in range(n)]
         else:
             values = [low + i * (high - low) / (n - 1) for i in range(n)]
+        values = [min(max(v, low), high) for v in values]  # exp(log(high)) can round past high
         return sorted({int(round(v)) for v in values}) if self.int_range is not None else values
 
 
