@@ -226,3 +226,16 @@ def test_tune_refits_the_best_configuration_on_train_plus_val_then_evaluates_and
     record = json.loads((folder / "model" / "trainflow_training.json").read_text())
     assert record["steps_run"] > 0 and 0.0 <= refit["test_metrics"]["accuracy"] <= 1.0
     assert refit["registration"]["registered"] is True and refit["registration"]["model_version"]
+
+
+def test_cmaes_without_its_package_is_one_sentence_before_any_data_is_prepared(tmp_path, monkeypatch):
+    from trainflow.errors import UserFacingError
+    from trainflow.experiments.tuning_run import start_study
+
+    monkeypatch.setitem(sys.modules, "cmaes", None)  # what `import cmaes` meets where it is not installed
+    config = tuning_config(sampler="cmaes", params={"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True},
+                                                    "model.width": {"int": [4, 8]}})
+    with pytest.raises(UserFacingError) as caught:
+        start_study(config, tmp_path / "state")
+    assert str(caught.value).startswith("tune.sampler: cmaes needs the `cmaes` package")
+    assert not (tmp_path / "state").exists()

@@ -59,6 +59,20 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
+def check_sampler_installed(tune: TuneConfig) -> None:
+    """UserFacingError when the chosen sampler needs a package this environment lacks (cmaes for CMA-ES).
+
+    Called before a study prepares its data, so the one sentence comes before any work is done.
+    """
+    if tune.sampler != "cmaes":
+        return
+    try:
+        import cmaes  # noqa: F401  optuna's CmaEsSampler imports it lazily, at the first relative sample
+    except ImportError:
+        raise UserFacingError("tune.sampler: cmaes needs the `cmaes` package, which is not installed here; use tpe, "
+                              "random or grid, or pip install cmaes into this environment") from None
+
+
 def _factory(tune: TuneConfig, workers: int) -> Callable[[int], BaseSampler]:
     if tune.sampler == "random":
         return lambda seed: optuna.samplers.RandomSampler(seed=seed)
@@ -66,11 +80,7 @@ def _factory(tune: TuneConfig, workers: int) -> Callable[[int], BaseSampler]:
         space = grid_search_space(tune)
         return lambda seed: AskTellGridSampler(space, seed=seed)
     if tune.sampler == "cmaes":
-        try:
-            import cmaes  # noqa: F401  optuna's CmaEsSampler imports it lazily, at the first relative sample
-        except ImportError:
-            raise UserFacingError("tune.sampler: cmaes needs the `cmaes` package, which is not installed here; "
-                                  "use tpe, random or grid, or install cmaes") from None
+        check_sampler_installed(tune)
         return lambda seed: optuna.samplers.CmaEsSampler(seed=seed)
     # constant_liar: with several workers, running trials count as bad guesses, so workers spread out.
     # Optuna 5's TPE is multivariate by default (its `multivariate` argument is kept for history only).
