@@ -14,7 +14,9 @@ def add_cross_validate_parser(verbs: Any) -> None:
                     "inner validation part, and score the held-out fold with the task's metrics. Prints each fold, "
                     "the mean, standard deviation and t-interval across folds, and writes the out-of-fold predictions. "
                     "With --compare, a second config runs on the same folds and each metric gets the corrected "
-                    "resampled t-test (Nadeau & Bengio), which accounts for the folds' overlapping training sets.")
+                    "resampled t-test (Nadeau & Bengio), which accounts for the folds' overlapping training sets. With "
+                    "cross_validation.nested: true, each fold first runs the tune section's study on its own training "
+                    "records (nested cross-validation).")
     cv.add_argument("--config", required=True, help="run YAML (classification, regression or segmentation)")
     cv.add_argument("--compare", metavar="CONFIG", help="a second run YAML to compare with on the same folds")
     cv.add_argument("--state-dir", default=".trainflow", help="where folds, models and summaries go (default: .trainflow)")
@@ -35,6 +37,8 @@ def _print(results: dict[str, Any]) -> None:
         print(f"cross-validate: out-of-fold (repeat {repeat}, all records pooled): "
               + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     print(f"cross-validate: {results['interval']}")
+    if results.get("nested_note"):
+        print(f"cross-validate: nested: {results['nested_note']}")
     print(f"cross-validate: summary {results['folder']}/summary.json, out-of-fold predictions {results['folder']}/oof")
 
 
