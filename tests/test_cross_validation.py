@@ -135,3 +135,16 @@ def test_nested_cross_validation_tunes_each_fold_on_its_own_training_records_and
         assert record["steps_run"] > 0
     values = [f["metrics"]["r2"] for f in results["folds"]]
     assert results["metrics"]["r2"]["mean"] == pytest.approx(sum(values) / len(values))
+
+
+def test_cross_validate_command_line_overrides_land_in_the_cross_validation_section(capsys):
+    from types import SimpleNamespace
+
+    from trainflow.cli import main
+    from trainflow.commands.cross_validate import cv_config
+
+    config = str(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "diabetes-regression.yaml")
+    assert main(["cross-validate", "--config", config, "--folds", "1"]) == 2
+    assert "with --folds: cross_validation.folds" in capsys.readouterr().err
+    cv = cv_config(config, SimpleNamespace(folds=3, repeats=2, nested=True)).cross_validation
+    assert (cv.folds, cv.repeats, cv.nested) == (3, 2, True)

@@ -239,3 +239,20 @@ def test_cmaes_without_its_package_is_one_sentence_before_any_data_is_prepared(t
         start_study(config, tmp_path / "state")
     assert str(caught.value).startswith("tune.sampler: cmaes needs the `cmaes` package")
     assert not (tmp_path / "state").exists()
+
+
+def test_tune_command_line_overrides_are_checked_like_the_config_itself(capsys):
+    from trainflow.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "diabetes-regression.yaml")
+    assert main(["tune", "--config", config, "--sampler", "grid"]) == 2
+    err = capsys.readouterr().err
+    assert "with --sampler: tune.params.train.optimizer.learning_rate: the grid sampler needs discrete values" in err
+    assert len(err.strip().splitlines()) == 1
+    from trainflow.commands.tune import tuned_config
+
+    config_obj = tuned_config(config, {"trials": 3, "sampler": "random", "pruner": "none", "refit": "train_val",
+                                       "wall_time_minutes": 2.5, "workers": None})
+    tune = config_obj.tune
+    assert (tune.trials, tune.sampler, tune.pruner, tune.refit, tune.wall_time_minutes, tune.workers) == \
+        (3, "random", "none", "train_val", 2.5, 1)
