@@ -141,3 +141,14 @@ def test_the_rendered_trial_command_trains_and_prints_katib_metric_lines(tmp_pat
     assert reported[-1] == pytest.approx(min(reported[:-1]))  # the last line: the best checkpoint's value
     assert (tmp_path / "katib" / "trials" / "trial-a" / "model").is_dir()
     assert (tmp_path / "katib" / "data" / "cache").is_dir()
+
+
+def test_rendering_a_katib_experiment_never_imports_the_stages():
+    code = ("import sys, yaml; from trainflow.config import parse_section, RunConfig; "
+            "from trainflow.kubeflow.katib_experiment import katib_experiment; "
+            f"katib_experiment(parse_section(RunConfig, yaml.safe_load(open({str(REPO / 'pipelines/configs/diabetes-regression.yaml')!r})), 'c')); "
+            "print(sorted(m for m in sys.modules if m.startswith('trainflow.stages')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
