@@ -89,3 +89,62 @@ def test_a_cross_validation_is_one_mlflow_parent_run_with_a_child_run_per_fold(t
                                   filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(run.data.metrics["r2"] for run in children) == pytest.approx([0.4, 0.5, 0.6])
     assert client.get_run(parent).data.metrics["r2_mean"] == pytest.approx(0.5)
+
+
+def nested_payload() -> dict:
+    return {
+        "run_name": "cv-nested", "task": "regression", "seed": 0,
+        "ingest": {"sklearn_dataset": "diabetes", "split": {"train": 0.7, "val": 0.15, "test": 0.15}},
+        "model": {"architecture": "mlp", "hidden_sizes": [8]},
+        "train": {"max_epochs": 2, "batch_size": 32, "optimizer": {"learning_rate": 1e-2}, "schedule": {"name": "constant"},
+                  "early_stopping": {"monitor": "val_mse", "patience": None}, "logging": {"tensorboard": False},
+                  "device": "cpu", "mixed_precision": "no"},
+        "evaluate": {"bootstrap_resamples": 0}, "register": {"model_name": "cv-nested"},
+        "tune": {"params": {"train.optimizer.learning_rate": {"float": [1e-3, 5e-2], "log": True}}, "trials": 2,
+                 "pruner": "none"},
+        "cross_validation": {"folds": 2, "nested": True},
+    }
+
+
+def test_nested_cross_validation_needs_a_tune_section():
+    payload = nested_payload()
+    del payload["tune"]
+    with pytest.raises(Exception) as caught:
+        parse_section(RunConfig, payload, "c.yaml")
+    assert "cross_validation.nested: tunes inside each outer fold, so the config needs a tune section" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_nested_cross_validation_tunes_each_fold_on_its_own_training_records_and_trains_what_its_study_chose(tmp_path):
+    from trainflow.data.manifest import read_manifest
+    from trainflow.experiments.cross_validation_run import cross_validate_locally
+
+    results = cross_validate_locally(parse_section(RunConfig, nested_payload(), "t"), tmp_path)
+    assert results["nested"] is True and "tune-then-train" in results["nested_note"]
+    for fold in results["folds"]:
+        folder = Path(results["folder"]) / "folds" / f"r{fold['repeat']}-f{fold['fold']}"
+        study = json.loads((folder / "study" / "results.json").read_text())
+        assert study["counts"]["complete"] == 2
+        assert fold["tuned_params"] == study["best"]["params"] and fold["inner_best"] == study["best"]["values"]
+        # The inner study's trials read the fold's cache, whose test split is the held-out fold: they train on
+        # train and are scored on val, and the held-out records are in neither.
+        entries = read_manifest(folder / "dataset")
+        held_out = {e.record_id for e in entries if e.split == "test"}
+        assert len(held_out) == fold["n_held_out"] and not held_out & {e.record_id for e in entries if e.split != "test"}
+        record = json.loads((folder / "model" / "trainflow_training.json").read_text())
+        assert record["steps_run"] > 0
+    values = [f["metrics"]["r2"] for f in results["folds"]]
+    assert results["metrics"]["r2"]["mean"] == pytest.approx(sum(values) / len(values))
+
+
+def test_cross_validate_command_line_overrides_land_in_the_cross_validation_section(capsys):
+    from types import SimpleNamespace
+
+    from trainflow.cli import main
+    from trainflow.commands.cross_validate import cv_config
+
+    config = str(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "diabetes-regression.yaml")
+    assert main(["cross-validate", "--config", config, "--folds", "1"]) == 2
+    assert "with --folds: cross_validation.folds" in capsys.readouterr().err
+    cv = cv_config(config, SimpleNamespace(folds=3, repeats=2, nested=True)).cross_validation
+    assert (cv.folds, cv.repeats, cv.nested) == (3, 2, True)

@@ -151,12 +151,13 @@ def test_two_worker_processes_on_one_journal_never_run_the_same_trial(tmp_path):
 def test_poisoned_test_labels_do_not_change_a_single_trial_so_the_search_never_reads_the_test_split(tmp_path):
     from trainflow.artifacts import LocalArtifact
     from trainflow.config import section_payload
-    from trainflow.experiments.trial_worker import StudyRequest, run_worker
+    from trainflow.experiments.study_results import study_results
+    from trainflow.experiments.trial_worker import StudyRequest, load_study, run_worker
     from trainflow.stages.build_cache import build_cache
     from trainflow.stages.ingest_split import ingest_split
 
     config = tuning_config(trials=4)
-    outcomes = []
+    outcomes, chosen = [], []
     for name, poison in (("clean", False), ("poisoned", True)):
         data = tmp_path / name
         ingest_split(section_payload(config.ingest), 0, LocalArtifact(str(data / "dataset")),
@@ -175,6 +176,83 @@ def test_poisoned_test_labels_do_not_change_a_single_trial_so_the_search_never_r
         request = StudyRequest(config=section_payload(config), cache_dir=str(data / "cache"),
                                study_dir=str(data / "study"), study_name="poison", seed=0)
         run_worker(request)
+        study, _ = load_study(request)
+        chosen.append(study_results(study, [("val_accuracy", "maximize")])["best"])
         outcomes.append([(t.state.name, t.params, t.values) for t in study_trials(data / "study")])
     assert outcomes[0] == outcomes[1]  # same proposals (seeded) and the same validation scores, trial by trial
     assert len(outcomes[0]) == 4
+    assert chosen[0] == chosen[1]  # so the refit trains the same configuration: its parameters, values and epochs
+
+
+def test_a_grid_search_tries_every_point_once_even_when_resumed_with_a_new_sampler():
+    import optuna
+
+    from trainflow.experiments.samplers import build_sampler
+    from trainflow.experiments.search_space import grid_size, suggest_params
+
+    config = tuning_config(trials=8, sampler="grid", params={
+        "train.optimizer.learning_rate": {"float": [1e-4, 1e-1], "log": True, "grid_points": 4},
+        "train.batch_size": {"categorical": [16, 32]}})
+    assert grid_size(config.tune) == 8
+    storage = optuna.storages.InMemoryStorage()
+    seen = []
+    for _ in range(2):  # a resumed run builds its sampler afresh and must go on through the same shuffled grid
+        study = optuna.create_study(storage=storage, study_name="grid", load_if_exists=True,
+                                    sampler=build_sampler(config.tune, seed=7, workers=1))
+        for _ in range(4):
+            trial = study.ask()
+            params = suggest_params(trial, config.tune, {})
+            seen.append((params["train.optimizer.learning_rate"], params["train.batch_size"]))
+            study.tell(trial, 0.5)
+    assert len(set(seen)) == 8
+    assert sorted({lr for lr, _ in seen}) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    assert max(lr for lr, _ in seen) <= 1e-1  # the log grid's top end is the range's end, not a hair past it
+
+
+@pytest.mark.slow
+def test_tune_refits_the_best_configuration_on_train_plus_val_then_evaluates_and_registers_it(tmp_path):
+    from trainflow.data.manifest import read_manifest
+    from trainflow.experiments.tuning_run import tune_locally
+
+    outcome = tune_locally(tuning_config(trials=2, refit="train_val", pruner="none"), tmp_path / "state")
+    best, refit = outcome.results["best"], outcome.results["refit"]
+    folder = Path(refit["folder"])
+    assert folder.name == f"trial-{best['number']:05d}-train_val"
+    original = read_manifest(Path(outcome.request.study_dir) / "data" / "dataset")
+    resplit = read_manifest(folder / "dataset")
+    trained_on = {e.record_id for e in resplit if e.split == "train"}
+    assert {e.record_id for e in original if e.split in ("train", "val")} <= trained_on
+    assert not trained_on & {e.record_id for e in original if e.split == "test"}
+    record = json.loads((folder / "model" / "trainflow_training.json").read_text())
+    assert record["steps_run"] > 0 and 0.0 <= refit["test_metrics"]["accuracy"] <= 1.0
+    assert refit["registration"]["registered"] is True and refit["registration"]["model_version"]
+
+
+def test_cmaes_without_its_package_is_one_sentence_before_any_data_is_prepared(tmp_path, monkeypatch):
+    from trainflow.errors import UserFacingError
+    from trainflow.experiments.tuning_run import start_study
+
+    monkeypatch.setitem(sys.modules, "cmaes", None)  # what `import cmaes` meets where it is not installed
+    config = tuning_config(sampler="cmaes", params={"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True},
+                                                    "model.width": {"int": [4, 8]}})
+    with pytest.raises(UserFacingError) as caught:
+        start_study(config, tmp_path / "state")
+    assert str(caught.value).startswith("tune.sampler: cmaes needs the `cmaes` package")
+    assert not (tmp_path / "state").exists()
+
+
+def test_tune_command_line_overrides_are_checked_like_the_config_itself(capsys):
+    from trainflow.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "diabetes-regression.yaml")
+    assert main(["tune", "--config", config, "--sampler", "grid"]) == 2
+    err = capsys.readouterr().err
+    assert "with --sampler: tune.params.train.optimizer.learning_rate: the grid sampler needs discrete values" in err
+    assert len(err.strip().splitlines()) == 1
+    from trainflow.commands.tune import tuned_config
+
+    config_obj = tuned_config(config, {"trials": 3, "sampler": "random", "pruner": "none", "refit": "train_val",
+                                       "wall_time_minutes": 2.5, "workers": None})
+    tune = config_obj.tune
+    assert (tune.trials, tune.sampler, tune.pruner, tune.refit, tune.wall_time_minutes, tune.workers) == \
+        (3, "random", "none", "train_val", 2.5, 1)

@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp = verbs.add_parser("compile", help="write the pipeline YAML for a Kubeflow cluster", description="Compile the pipeline to KFP v2 YAML with a run config baked in as parameter defaults.")
     comp.add_argument("--config", required=True, help="run YAML whose sections become the parameter defaults")
     comp.add_argument("--pipeline", choices=["text-to-image", "supervised"], help="default: the one the config's task implies")
-    comp.add_argument("--output", help="YAML file to write (default: build/<pipeline>.yaml)")
+    comp.add_argument("--output", help="YAML file to write (default: build/<pipeline>.yaml, or build/katib_experiment.yaml)")
+    comp.add_argument("--katib", action="store_true", help="write the config's tune section as a Katib Experiment instead "
+                      "(each trial a Job running the train worker with the sampled values; objective on stdout as name=value)")
+    comp.add_argument("--namespace", help="with --katib: the Experiment's namespace (default: kubectl's)")
     comp.set_defaults(handler="trainflow.commands.compile_pipeline:compile_command")
 
     worker = verbs.add_parser("train-worker", help="train from a request file (what each PyTorchJob/TrainJob process runs)", description="Run the training engine from a JSON train request (task, cache_dir, model_config, train_config, seed, checkpoint_dir, output_dir). Runs alone or under torchrun: `torchrun -m trainflow train-worker --request R` on every node; rank 0 writes checkpoints and the model folder.")

@@ -21,6 +21,11 @@ def add_tune_parser(verbs: Any) -> None:
     tune.add_argument("--state-dir", default=".trainflow", help="where the study, trials and MLflow store go (default: .trainflow)")
     tune.add_argument("--trials", type=int, help="override tune.trials")
     tune.add_argument("--workers", type=int, help="override tune.workers (trial processes on this machine)")
+    tune.add_argument("--sampler", choices=["tpe", "random", "grid", "cmaes"], help="override tune.sampler")
+    tune.add_argument("--pruner", choices=["median", "successive_halving", "hyperband", "none"], help="override tune.pruner")
+    tune.add_argument("--wall-time", type=float, metavar="MINUTES", help="override tune.wall_time_minutes (per worker)")
+    tune.add_argument("--refit", choices=["train", "train_val"], help="override tune.refit: train the best configuration on "
+                      "train (early stopping on val) or on train+val for the best trial's epochs")
     tune.add_argument("--fresh", action="store_true", help="delete the study (trials, checkpoints) and start over")
     tune.add_argument("--no-refit", action="store_true", help="only search: skip the refit, evaluation and registration")
     tune.add_argument("--report", metavar="DIR", help="write the HTML report and its PNG figures here (default: <study>/report)")
@@ -31,21 +36,20 @@ def add_tune_parser(verbs: Any) -> None:
     tune.set_defaults(handler=run_tune)
 
 
-def tuned_config(path: str, trials: int | None, workers: int | None):
-    """The config with the command-line overrides applied, validated again."""
+def tuned_config(path: str, overrides: dict[str, Any]):
+    """The config with the command-line overrides (tune.<key>: value, None = not given) applied, validated again."""
     from trainflow.config import RunConfig, load_config, parse_section, section_payload
 
     config = load_config(path)
     if config.tune is None:
         raise UserFacingError(f"{path} has no tune section; add one naming the fields to search (see README, Experiments)")
-    if trials is None and workers is None:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if not given:
         return config
     payload = section_payload(config)
-    if trials is not None:
-        payload["tune"]["trials"] = trials
-    if workers is not None:
-        payload["tune"]["workers"] = workers
-    return parse_section(RunConfig, payload, f"{path} with --trials/--workers")
+    payload["tune"].update(given)
+    flags = ", ".join(f"--{key.replace('_minutes', '').replace('_', '-')}" for key in given)
+    return parse_section(RunConfig, payload, f"{path} with {flags}")
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -63,7 +67,8 @@ def run_tune(args: argparse.Namespace) -> int:
         print(f"trainflow: wrote {compile_pipeline_package(config, 'tuning', Path(args.compile))} (tuning pipeline, "
               f"{config.tune.workers} trial workers)")
         return 0
-    config = tuned_config(args.config, args.trials, args.workers)
+    config = tuned_config(args.config, {"trials": args.trials, "workers": args.workers, "sampler": args.sampler,
+                                        "pruner": args.pruner, "wall_time_minutes": args.wall_time, "refit": args.refit})
     outcome = tune_locally(config, args.state_dir, fresh=args.fresh, verbose=args.verbose, refit=not args.no_refit)
     report_dir = Path(args.report) if args.report else Path(outcome.request.study_dir) / "report"
     report = write_tuning_report(outcome, report_dir)

@@ -60,6 +60,9 @@ class RunConfig(Section):
         task = get_task(self.task)
         task.check_config(self.ingest, self.model, self.train)
         task.check_run_config(self)
+        if self.cross_validation is not None and self.cross_validation.nested and self.tune is None:
+            raise ValueError("cross_validation.nested: tunes inside each outer fold, so the config needs a tune section "
+                             "(see README, Experiments)")
         if self.tune is not None:
             check_search_space(RunConfig, section_payload(self), self.tune, self.task, self.train.early_stopping.monitor)
         return self

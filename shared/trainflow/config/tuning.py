@@ -94,6 +94,7 @@ class ParamRange(Section):
             values = [math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (n - 1)) for i in range(n)]
         else:
             values = [low + i * (high - low) / (n - 1) for i in range(n)]
+        values = [min(max(v, low), high) for v in values]  # exp(log(high)) can round past high
         return sorted({int(round(v)) for v in values}) if self.int_range is not None else values
 
 
@@ -153,6 +154,10 @@ class CrossValidationConfig(Section):
     repeats: int = Field(1, ge=1, le=20, description="Repeated k-fold: cut the same non-test records into folds this many times, seed + r.")
     workers: int = Field(1, ge=1, le=64, description="Folds trained at once (ParallelFor parallelism).")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the t-interval of each metric across folds.")
+    nested: bool = Field(False, description=(
+        "Tune inside each outer fold: the tune section's study runs on the fold's training records (trials scored "
+        "on its inner validation part), the best configuration is trained there and scored on the held-out fold, "
+        "so the interval estimates the whole tune-then-train procedure. Needs a tune section."))
 
 
 # ---------------------------------------------------------------- schema checks (called by RunConfig)

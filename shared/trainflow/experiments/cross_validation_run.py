@@ -70,8 +70,10 @@ def cross_validate_locally(config: RunConfig, state_dir: str | Path = ".trainflo
         with trial_output(root / "logs" / f"{run.name}.log", verbose):
             facts = cross_validation_fold(str(dataset), index, payload, LocalArtifact(str(folder)))
         shown = ", ".join(f"{k} {facts['metrics'][k]:.4g}" for k in facts["metrics"] if k in ("accuracy", "f1_macro", "r2", "rmse", "mae", "mean_iou"))
+        tuned = ("; tuned " + ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                                        for k, v in facts["tuned_params"].items())) if "tuned_params" in facts else ""
         print(f"cross-validate: repeat {run.repeat} fold {run.fold} ({len(run.train)} train, {len(run.val)} val, "
-              f"{len(run.held_out)} held out): {shown}", flush=True)
+              f"{len(run.held_out)} held out): {shown}{tuned}", flush=True)
         fold_dirs.append(str(folder))
     summary = LocalArtifact(str(root / "summary.json"))
     results = aggregate_folds(fold_dirs, payload, summary, LocalArtifact(str(root / "oof")))

@@ -44,7 +44,11 @@ def aggregate(fold_dirs: list[Path], config: RunConfig, oof_dir: Path) -> dict[s
         pooled[str(repeat)] = {k: float(v) for k, v in scores.items() if k in headline and isinstance(v, float)}
     (oof_dir / "folds.json").write_text(json.dumps(
         [{"repeat": f["repeat"], "fold": f["fold"], "n_held_out": f["n_held_out"]} for f in folds], indent=1) + "\n")
-    return {"run_name": config.run_name, "task": config.task, "folds": folds, "metrics": metrics,
+    nested = bool(config.cross_validation and config.cross_validation.nested)
+    return {"run_name": config.run_name, "task": config.task, "folds": folds, "metrics": metrics, "nested": nested,
+            **({"nested_note": "each fold tuned its own configuration on its training records (tune section, "
+                               "scored on the fold's inner validation part) before training and scoring it, so "
+                               "these numbers estimate tune-then-train, not one fixed configuration"} if nested else {}),
             "out_of_fold": pooled, "repeats": len(repeats), "num_folds": len(folds) // max(len(repeats), 1),
             "interval": f"{confidence:.0%} t-interval across the {len(folds)} fold scores (df {len(folds) - 1}); the "
                         "folds share training records, so it understates the spread: compare configurations with "

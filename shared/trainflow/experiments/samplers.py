@@ -48,18 +48,39 @@ class TrialSeededSampler(BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its stop at the end of the grid.
+
+    GridSampler.after_trial calls Study.stop once every point is tried, which raises outside study.optimize;
+    trainflow's workers ask and tell, and trial_budget already caps a grid study at the grid's size.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
+        return None
+
+
+def check_sampler_installed(tune: TuneConfig) -> None:
+    """UserFacingError when the chosen sampler needs a package this environment lacks (cmaes for CMA-ES).
+
+    Called before a study prepares its data, so the one sentence comes before any work is done.
+    """
+    if tune.sampler != "cmaes":
+        return
+    try:
+        import cmaes  # noqa: F401  optuna's CmaEsSampler imports it lazily, at the first relative sample
+    except ImportError:
+        raise UserFacingError("tune.sampler: cmaes needs the `cmaes` package, which is not installed here; use tpe, "
+                              "random or grid, or pip install cmaes into this environment") from None
+
+
 def _factory(tune: TuneConfig, workers: int) -> Callable[[int], BaseSampler]:
     if tune.sampler == "random":
         return lambda seed: optuna.samplers.RandomSampler(seed=seed)
     if tune.sampler == "grid":
         space = grid_search_space(tune)
-        return lambda seed: optuna.samplers.GridSampler(space, seed=seed)
+        return lambda seed: AskTellGridSampler(space, seed=seed)
     if tune.sampler == "cmaes":
-        try:
-            import cmaes  # noqa: F401  optuna's CmaEsSampler imports it lazily, at the first relative sample
-        except ImportError:
-            raise UserFacingError("tune.sampler: cmaes needs the `cmaes` package, which is not installed here; "
-                                  "use tpe, random or grid, or install cmaes") from None
+        check_sampler_installed(tune)
         return lambda seed: optuna.samplers.CmaEsSampler(seed=seed)
     # constant_liar: with several workers, running trials count as bad guesses, so workers spread out.
     # Optuna 5's TPE is multivariate by default (its `multivariate` argument is kept for history only).
@@ -67,6 +88,11 @@ def _factory(tune: TuneConfig, workers: int) -> Callable[[int], BaseSampler]:
 
 
 def build_sampler(tune: TuneConfig, seed: int, workers: int) -> BaseSampler:
+    if tune.sampler == "grid":
+        # Not re-seeded per trial: GridSampler shuffles its grid by the seed once and hands out grid ids from
+        # the study's trials, so a sampler built with another seed would map the same id to another point
+        # (trials repeating a point, points never tried). One seed keeps the order, across resumes too.
+        return _factory(tune, workers)(seed)
     return TrialSeededSampler(_factory(tune, workers), seed)
 
 

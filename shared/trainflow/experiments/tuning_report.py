@@ -1,6 +1,7 @@
 """What a person looks at after a study: an HTML report (figures as PNG, inline and beside it) and a console summary.
 
-Figures: the optimisation history (each complete trial's first objective and the best so far), parameter
+Figures: with several objectives, the Pareto front (first two objectives) and a table of its trials with the
+refit's pick and the rule that made it; the optimisation history (each complete trial's first objective and the best so far), parameter
 importances (Optuna's default evaluator, PED-ANOVA in Optuna 5, when at least two complete trials vary), and a slice plot per parameter.
 The trial table lists every trial with its state (complete, pruned, failed; superseded and over-budget
 ones marked), and the refit's test metrics are the only test numbers shown.
@@ -88,6 +89,48 @@ def slice_figure(results: dict[str, Any]) -> str | None:
     return png_data_uri(figure)
 
 
+def pareto_figure(results: dict[str, Any]) -> str | None:
+    """The first two objectives of every complete trial, the Pareto-optimal ones and the refit's pick marked."""
+    objectives = results["objectives"]
+    if len(objectives) < 2 or not results.get("pareto_front"):
+        return None
+    (x_name, x_dir), (y_name, y_dir) = ((o["metric"], o["direction"]) for o in objectives[:2])
+    rows = [r for r in results["trials"] if r["state"] == "complete"]
+    front = set(results["pareto_front"])
+    plt = _plt()
+    figure, axis = plt.subplots(figsize=(5.6, 4.0))
+    others = [r for r in rows if r["number"] not in front]
+    axis.scatter([r["values"][x_name] for r in others], [r["values"][y_name] for r in others], s=16, color="#999999",
+                 label="dominated")
+    on_front = sorted((r for r in rows if r["number"] in front), key=lambda r: r["values"][x_name])
+    axis.plot([r["values"][x_name] for r in on_front], [r["values"][y_name] for r in on_front], "o-", color="#2166ac",
+              label="Pareto front")
+    best = results.get("best")
+    if best:
+        axis.scatter([best["values"][x_name]], [best["values"][y_name]], s=120, facecolors="none", edgecolors="#b2182b",
+                     linewidths=2, label=f"refit: trial {best['number']}")
+    axis.set_xlabel(f"{x_name} ({x_dir})")
+    axis.set_ylabel(f"{y_name} ({y_dir})")
+    axis.legend(fontsize=8)
+    axis.set_title("Pareto front")
+    return png_data_uri(figure)
+
+
+def pareto_table(results: dict[str, Any]) -> str:
+    """The Pareto-optimal trials with every objective's value, the refit's pick marked, and the rule that picked it."""
+    metrics = [o["metric"] for o in results["objectives"]]
+    by_number = {r["number"]: r for r in results["trials"]}
+    chosen = (results.get("best") or {}).get("number")
+    header = "".join(f"<th>{html.escape(m)} ({o['direction']})</th>" for m, o in zip(metrics, results["objectives"]))
+    rows = "".join(
+        f"<tr><td>{n}{' (refit)' if n == chosen else ''}</td>"
+        + "".join(f"<td>{_cell(by_number[n]['values'].get(m))}</td>" for m in metrics)
+        + f"<td>{_cell(by_number[n]['params'])}</td></tr>" for n in results["pareto_front"])
+    return (f"<h2>Pareto front ({len(results['pareto_front'])} trials)</h2><p>No complete trial is at least as good on "
+            f"every objective and better on one than a trial on the front; the refit picks {html.escape(results['refit_rule'])}.</p>"
+            f"<table><tr><th>trial</th>{header}<th>parameters</th></tr>{rows}</table>")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.5g}"
@@ -107,7 +150,7 @@ def tuning_html(results: dict[str, Any], figures: dict[str, str]) -> str:
         parts.append(f"<h2>Best trial: {best['number']}</h2><p>Rule: {html.escape(results['refit_rule'])}.</p>"
                      f"<p>Parameters: {_cell(best['params'])}<br>Validation: {_cell(best['values'])}</p>")
     if results.get("pareto_front"):
-        parts.append(f"<p>Pareto front (trial numbers): {', '.join(str(n) for n in results['pareto_front'])}</p>")
+        parts.append(pareto_table(results))
     refit = results.get("refit")
     if refit:
         parts.append("<h2>Final model (refit of the best trial) on the test split</h2><table>" + "".join(
@@ -116,7 +159,8 @@ def tuning_html(results: dict[str, Any], figures: dict[str, str]) -> str:
         registration = refit["registration"]
         parts.append(f"<p>Registered: {registration.get('registered')} ({html.escape(str(registration.get('model_name')))} "
                      f"version {registration.get('model_version')}); {html.escape('; '.join(registration.get('reasons') or []))}</p>")
-    for key, title in (("history", "Optimisation history"), ("importances", "Parameter importances"), ("slice", "Slice")):
+    for key, title in (("pareto", "Pareto front"), ("history", "Optimisation history"),
+                       ("importances", "Parameter importances"), ("slice", "Slice")):
         if key in figures:
             parts.append(f"<h2>{title}</h2><img alt='{title}' src='{figures[key]}'>")
     if results.get("importance_note"):
@@ -135,8 +179,9 @@ def tuning_html(results: dict[str, Any], figures: dict[str, str]) -> str:
 def write_tuning_report(outcome: Any, folder: Path) -> Path:
     """report.html (self-contained) plus each figure as a PNG file in `folder`; returns the HTML path."""
     results = outcome.results
-    figures = {name: uri for name, uri in (("history", history_figure(results)), ("importances", importance_figure(results)),
-                                           ("slice", slice_figure(results))) if uri}
+    figures = {name: uri for name, uri in (("pareto", pareto_figure(results)), ("history", history_figure(results)),
+                                           ("importances", importance_figure(results)), ("slice", slice_figure(results)))
+               if uri}
     folder.mkdir(parents=True, exist_ok=True)
     for name, uri in figures.items():
         (folder / f"{name}.png").write_bytes(base64.b64decode(uri.split(",", 1)[1]))
@@ -152,6 +197,9 @@ def print_study_summary(results: dict[str, Any], report: Path | None) -> None:
     best = results.get("best")
     if best:
         print(f"tune: best trial {best['number']}: {json.dumps(best['values'])} with {json.dumps(best['params'])}")
+    if results.get("pareto_front"):
+        print(f"tune: Pareto front: trials {', '.join(str(n) for n in results['pareto_front'])}; the refit took "
+              f"{results['refit_rule']}")
     refit = results.get("refit")
     if refit:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in refit["test_metrics"].items()

@@ -26,6 +26,7 @@ from trainflow.config import RunConfig, parse_section, section_payload
 from trainflow.config.tuning import apply_params, objective_directions
 from trainflow.contained_paths import remove_inside, state_directory
 from trainflow.errors import ConfigError, UserFacingError
+from trainflow.experiments.samplers import check_sampler_installed
 from trainflow.experiments.study_results import study_results
 from trainflow.experiments.study_storage import describe_storage, study_folder
 from trainflow.experiments.trial_worker import STUDY_FILE, StudyRequest, load_study, run_worker, trial_budget, trial_output
@@ -63,6 +64,7 @@ def start_study(config: RunConfig, state_dir: str | Path, fresh: bool = False) -
     tune = config.tune
     if tune is None:
         raise ConfigError("tune: the config has no tune section; add one (see README, Experiments)")
+    check_sampler_installed(tune)
     name = tune.study_name or config.run_name
     folder = study_folder(state_directory(state_dir), name)
     if fresh:

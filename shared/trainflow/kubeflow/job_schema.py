@@ -1,4 +1,4 @@
-"""Check PyTorchJob and TrainJob bodies against schemas derived from the installed API packages.
+"""Check PyTorchJob, TrainJob and Katib Experiment bodies against schemas derived from the installed API packages.
 
 No installed package ships the CRDs' OpenAPI v3 schemas (site-packages has no `openAPIV3Schema`
 for kubeflow.org or trainer.kubeflow.org; kubernetes-validate covers core kinds only), so the
@@ -30,6 +30,7 @@ from trainflow.errors import UserFacingError
 
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
 TRAINJOB_API_VERSION = "trainer.kubeflow.org/v1alpha1"
+KATIB_API_VERSION = "kubeflow.org/v1beta1"
 RFC1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 _SCALARS = {"str": {"type": "string"}, "int": {"type": "integer"}, "bool": {"type": "boolean"},
@@ -60,9 +61,10 @@ class _ClosedPydanticSchema(GenerateJsonSchema):
 
 def _openapi_model(type_name: str) -> Any:
     import kubernetes.client.models as kubernetes_models
+    import kubeflow.katib.models as katib_models
     import kubeflow.training.models as training_models
 
-    for module in (training_models, kubernetes_models):
+    for module in (training_models, katib_models, kubernetes_models):
         if hasattr(module, type_name):
             return getattr(module, type_name)
     # kubeflow-training names core types by Go package ('K8sIoApiAutoscalingV2MetricSpec');
@@ -136,8 +138,31 @@ def trainjob_schema() -> dict[str, Any]:
     return _with_identity(derived, TRAINJOB_API_VERSION, "TrainJob")
 
 
+@functools.cache
+def katib_experiment_schema() -> dict[str, Any]:
+    """JSON Schema of a Katib kubeflow.org/v1beta1 Experiment, from kubeflow-katib's models (trialSpec: any object)."""
+    definitions: dict[str, Any] = {}
+    root = _openapi_schema("V1beta1Experiment", definitions)
+    return _with_identity({**root, "$defs": definitions}, KATIB_API_VERSION, "Experiment")
+
+
+@functools.cache
+def _object_validator(type_name: str) -> jsonschema.Draft202012Validator:
+    definitions: dict[str, Any] = {}
+    root = _openapi_schema(type_name, definitions)
+    return jsonschema.Draft202012Validator({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                                            "$defs": definitions, **root})
+
+
+def openapi_object_problems(body: Any, type_name: str) -> list[str]:
+    """Schema violations of a plain dict against one kubernetes-client model (e.g. 'V1Job'), as 'path: problem'."""
+    errors = sorted(_object_validator(type_name).iter_errors(body), key=jsonschema.exceptions.relevance, reverse=True)
+    return [f"{_field_path(error)}: {error.message}" for error in errors]
+
+
 _SCHEMAS = {("PyTorchJob", PYTORCHJOB_API_VERSION): pytorchjob_schema,
-            ("TrainJob", TRAINJOB_API_VERSION): trainjob_schema}
+            ("TrainJob", TRAINJOB_API_VERSION): trainjob_schema,
+            ("Experiment", KATIB_API_VERSION): katib_experiment_schema}
 
 
 @functools.cache

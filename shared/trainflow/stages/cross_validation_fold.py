@@ -3,7 +3,8 @@
 `cross_validation_fold` turns fold i of the plan (see trainflow.experiments.cv_folds) into a Dataset folder
 (train, an inner val for early stopping, the held-out fold as its test split), caches it, trains through
 the train stage and scores the held-out fold through the evaluate stage, so every fold is the normal
-path on other records. `aggregate_folds` reads the folds' results and writes the summary.
+path on other records. With cross_validation.nested, a study on the fold's cache chooses the configuration
+first (trainflow.experiments.nested_tuning). `aggregate_folds` reads the folds' results and writes the summary.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def cross_validation_fold(dataset_dir: str, fold_index: int, run_config: dict[st
         cache = LocalArtifact(str(folder / "cache"))
         build_cache(str(folder / "dataset"), section_payload(config.model), section_payload(config.cache), cache,
                     task=config.task)
+        tuning: dict[str, Any] = {}
+        if cv is not None and cv.nested:
+            from trainflow.experiments.nested_tuning import tune_inside_fold
+
+            config, tuning = tune_inside_fold(config, cache.path, folder, run.name)
         model = LocalArtifact(str(folder / "model"))
         train(config.task, cache.path, section_payload(config.model), section_payload(config.train), config.seed, model,
               LocalArtifact(str(folder / "train-metrics.json")),
@@ -55,7 +61,7 @@ def cross_validation_fold(dataset_dir: str, fold_index: int, run_config: dict[st
     numbers = {k: v for k, v in metrics.metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     facts = {"repeat": run.repeat, "fold": run.fold, "n_train": len(run.train), "n_val": len(run.val),
              "n_held_out": len(run.held_out), "metrics": numbers, "stop_reason": metrics.metadata.get("stop_reason"),
-             "best_step": metrics.metadata.get("best_step")}
+             "best_step": metrics.metadata.get("best_step"), **tuning}
     atomic_write_json(done, facts)
     result.metadata.update({"repeat": run.repeat, "fold": run.fold, **numbers})
     return facts
