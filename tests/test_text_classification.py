@@ -40,7 +40,7 @@ TOPICS = {
 }
 SHARED = "the a of and today very with some more".split()
 MODEL = {"text_encoder": {"max_length": 16, "vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
-                          "intermediate_size": 32, "length_bucket": 4}, "dropout": 0.1}
+                          "intermediate_size": 32, "length_buckets": 2}, "dropout": 0.1}
 TRAIN = {"max_epochs": 3, "batch_size": 8, "device": "cpu", "deterministic": True, "logging": {"tensorboard": False},
          "optimizer": {"learning_rate": 0.01, "module_learning_rates": {"encoder": 0.005, "head": 0.02}},
          "checkpoints": {"every_n_steps": 3}, "early_stopping": {"monitor": "val_accuracy", "patience": None}}
@@ -112,6 +112,8 @@ def test_tiny_encoder_trains_exports_and_the_folder_predicts_what_evaluation_sco
     groups = parameter_groups(task.build_model(), train_cfg.optimizer, task.learning_rates())
     rates = {group["lr"]: {name.split(".")[0] for name in group["param_names"]} for group in groups}
     assert rates == {0.005: {"encoder"}, 0.02: {"head"}}  # per-module learning rates through the parameter groups
+    buckets = task.train_dataset().bucket_ids  # length_buckets 2: short and long texts, about half each
+    assert sorted(set(buckets)) == [0, 1] and min(buckets.count(0), buckets.count(1)) > len(buckets) // 3
     summary = train_and_export(task, spec, train_cfg, ModelConfig.model_validate(MODEL))
     assert summary["best_value"] > 0.6  # three topics: chance is 1/3
     results = evaluate(str(cache), str(tmp_path / "model"), MODEL, {"bootstrap_resamples": 50}, 0,
@@ -198,22 +200,22 @@ def run_driver(spec: dict, folder: Path, pause: float) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow  # two training processes, one slowed to land the kill: ~30 s on a loaded 2-core machine
+@pytest.mark.slow  # three training processes (two at once, one slowed to land the kill): ~60 s on a loaded 2-core machine
 def test_sigkill_mid_run_then_resume_gives_the_same_per_step_losses_bit_for_bit(topic_cache, tmp_path):
-    _, cache, _ = topic_cache
-    complete = run_driver(request(cache, tmp_path / "complete"), tmp_path / "complete", 0.0)
-    output, _ = complete.communicate(timeout=300)
-    assert complete.returncode == 0, output
-    uninterrupted = losses(tmp_path / "complete" / "checkpoints")
+    _, cache, metadata = topic_cache
+    per_epoch = metadata["num_train"] // TRAIN["batch_size"]
     killed = tmp_path / "killed"
+    complete = run_driver(request(cache, tmp_path / "complete"), tmp_path / "complete", 0.0)
     process = run_driver(request(cache, killed), killed, 0.1)
-    kill_after = len(uninterrupted) // 2 + 1
     deadline = time.time() + 240
-    while time.time() < deadline and len(losses(killed / "checkpoints")) < kill_after:
+    while time.time() < deadline and len(losses(killed / "checkpoints")) < per_epoch + 2:  # inside epoch 2 of 3
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert 3 < len(losses(killed / "checkpoints")) < len(uninterrupted), "the kill must land mid-run"
+    output, _ = complete.communicate(timeout=300)
+    assert complete.returncode == 0, output
+    uninterrupted = losses(tmp_path / "complete" / "checkpoints")
+    assert per_epoch < len(losses(killed / "checkpoints")) < len(uninterrupted) == 3 * per_epoch, "the kill must land mid-run"
     resumed = run_driver(request(cache, killed), killed, 0.0)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output

@@ -27,9 +27,11 @@ class TextEncoderConfig(Section):
     max_length: int = Field(128, ge=4, le=8192, description=(
         "Tokens per text, special tokens included; longer texts are truncated (counted in the cache's metadata)."))
     pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector: masked mean, or the first token.")
-    length_bucket: int | None = Field(None, ge=1, description=(
-        "Bucket training batches by length: texts whose token counts fall in the same band of this many tokens "
-        "share steps, so less padding is computed. Off (null): batches mix lengths (still padded per batch only)."))
+    length_buckets: int | None = Field(None, ge=2, le=64, description=(
+        "Bucket training steps by length: the train texts are cut at their length quantiles into this many buckets "
+        "of about equal size, and every step draws from one bucket, so less padding is computed. Keep each bucket "
+        "larger than one optimizer step (records ÷ buckets > batch size). Off (null): steps mix lengths (each batch "
+        "is still padded only to its longest text)."))
     vocab_size: int = Field(4000, ge=16, description="Built encoder: tokens the trained WordPiece tokenizer keeps.")
     hidden_size: int = Field(64, ge=8, description="Built encoder: width of the token states.")
     num_layers: int = Field(2, ge=1, le=48, description="Built encoder: transformer layers.")

@@ -39,14 +39,16 @@ class TextClassificationTraining:
     name = "text_classification"
 
     def __init__(self, cache_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> None:
-        from trainflow.data.cache.token_cache import TokenRecords, read_token_cache_attrs
+        from trainflow.data.cache.token_cache import TokenRecords, length_boundaries, read_token_cache_attrs
         from trainflow.tasks.losses import classification_loss
 
         self.cache_dir, self.model_cfg, self.seed = Path(cache_dir), model_cfg, seed
         self.text_cfg = text_encoder_config(model_cfg)
         self.attrs = read_token_cache_attrs(cache_dir)
         self.class_names = list(self.attrs["info"]["class_names"])
-        self._train = TokenRecords(cache_dir, "train", self.text_cfg.length_bucket)
+        buckets = self.text_cfg.length_buckets
+        self.boundaries = length_boundaries(cache_dir, buckets) if buckets else None
+        self._train = TokenRecords(cache_dir, "train", self.boundaries)
         self.loss = classification_loss(train_cfg.loss, self._train.labels, len(self.class_names))
 
     def build_model(self) -> nn.Module:
@@ -64,7 +66,7 @@ class TextClassificationTraining:
     def val_dataset(self):
         from trainflow.data.cache.token_cache import TokenRecords
 
-        return TokenRecords(self.cache_dir, "val", self.text_cfg.length_bucket)
+        return TokenRecords(self.cache_dir, "val", self.boundaries)
 
     def learning_rates(self) -> dict[str, float]:
         return {}  # encoder vs head: train.optimizer.module_learning_rates {encoder: ..., head: ...}

@@ -11,7 +11,7 @@
     tokenizer/            the tokenizer that made the ids (exported with the model)
 
 Records keep their own length; a batch is padded only to its longest record (trainflow.data.loading.batch_collate),
-and with `length_bucket` a training step draws records of similar length (trainflow.training.bucketed_batches).
+and with `length_buckets` a training step draws records of similar length (trainflow.training.bucketed_batches).
 """
 
 from __future__ import annotations
@@ -124,14 +124,22 @@ def read_token_cache_attrs(cache_dir: str | Path) -> dict[str, Any]:
     return {**attrs, "info": json.loads(attrs["info"]), "truncated": json.loads(attrs["truncated"])}
 
 
+def length_boundaries(cache_dir: str | Path, buckets: int) -> list[int]:
+    """Token counts that cut the train split's lengths into `buckets` groups of about equal size (ascending)."""
+    with h5py.File(Path(cache_dir) / TOKEN_CACHE_FILE, "r") as handle:
+        lengths = handle["train"]["lengths"][()]
+    cuts = np.quantile(lengths, np.linspace(0, 1, buckets + 1)[1:-1], method="higher") if len(lengths) else []
+    return sorted({int(c) for c in cuts})
+
+
 class TokenRecords(Dataset):
     """One split of a token cache in memory: record i is {"input_ids": 1-D int64 ids, "length", "label": int64}.
 
-    With `length_bucket`, `bucket_ids` puts records whose lengths fall in the same band of that many tokens in
-    one bucket (the engine then draws every step from one bucket); without it there are no buckets.
+    With `boundaries` (from `length_boundaries`), `bucket_ids` puts each record in the band of lengths it falls
+    in (the engine then draws every step from one bucket); without them there are no buckets.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str, length_bucket: int | None = None) -> None:
+    def __init__(self, cache_dir: str | Path, split: str, boundaries: list[int] | None = None) -> None:
         read_token_cache_attrs(cache_dir)
         with h5py.File(Path(cache_dir) / TOKEN_CACHE_FILE, "r") as handle:
             group = handle[split]
@@ -140,7 +148,7 @@ class TokenRecords(Dataset):
             self.lengths = group["lengths"][()]
             self.labels = torch.from_numpy(group["labels"][()])
             self.record_ids = [r.decode() if isinstance(r, bytes) else str(r) for r in group["record_ids"][()]]
-        self.bucket_ids = (self.lengths // length_bucket).tolist() if length_bucket else None
+        self.bucket_ids = np.searchsorted(boundaries, self.lengths, side="right").tolist() if boundaries else None
 
     def __len__(self) -> int:
         return len(self.labels)
