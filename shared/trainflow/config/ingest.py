@@ -91,6 +91,8 @@ class IngestConfig(Section):
     # Class label per record: classification targets, and prompt accuracy for text-to-image. Folders and HDF5
     # hold class indices (or names listed in class_names); in tables the values are class names.
     label_column: str | None = None
+    text_column: str | None = Field(None, description=(
+        "text_classification: the table column holding each record's text (the label is ingest.label_column)."))
     # Numeric regression targets (tables, imagefolders, HDF5).
     target_columns: list[str] | None = None
     # Table features; default: every column (other than those named here) whose values are mostly numbers.
@@ -141,6 +143,8 @@ class IngestConfig(Section):
         if self.table and not self.table_format and PurePath(self.table).suffix.lower() not in TABLE_FORMATS:
             raise ValueError(f"table: cannot tell the format of {self.table!r} from its suffix; name it "
                              ".csv, .jsonl or .parquet, or set ingest.table_format")
+        if self.text_column and not self.table:
+            raise ValueError("text_column applies to ingest.table only (a CSV/JSONL/Parquet table of texts); set table")
         if self.split.kind == "group" and not self.group_column:
             raise ValueError("split.kind: group needs ingest.group_column (the column naming each record's group)")
         if self.buckets is not None and not self.bucket_sizes:

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from trainflow.config.names import PathText
 from trainflow.config.schema_base import Section
+from trainflow.config.text_encoder import TextEncoderConfig
 
 
 class ModelConfig(Section):
@@ -27,3 +28,5 @@ class ModelConfig(Section):
     hidden_sizes: list[Annotated[int, Ge(1), Le(65536)]] = Field([128, 64], max_length=64, description="mlp: hidden layer widths.")
     width: int = Field(32, ge=4, le=4096, description="small_cnn / seg_cnn: channels of the first stage.")
     dropout: float = Field(0.0, ge=0, lt=1)
+    # text_classification: the transformers encoder under the classification head (default: a small built one).
+    text_encoder: TextEncoderConfig | None = None

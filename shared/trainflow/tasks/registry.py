@@ -19,6 +19,7 @@ TASK_MODULES: dict[str, str] = {
     "classification": "trainflow.tasks.classification",
     "regression": "trainflow.tasks.regression",
     "segmentation": "trainflow.tasks.segmentation",
+    "text_classification": "trainflow.tasks.text_classification",
 }
 TASK_NAMES = tuple(TASK_MODULES)
 

@@ -8,7 +8,7 @@ import h5py
 
 from trainflow.errors import UserFacingError
 
-CACHE_FILES = ("latents.h5", "supervised.h5")
+CACHE_FILES = ("latents.h5", "supervised.h5", "tokens.h5")
 
 
 def cache_path(cache_dir: str | Path) -> Path:

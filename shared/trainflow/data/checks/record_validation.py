@@ -78,7 +78,7 @@ class RecordRules:
     """What a record must satisfy, from the task's needs (trainflow.tasks: RecordNeeds) and the ingest config."""
 
     required: frozenset[str]  # fields a record is rejected without: caption, label, targets, mask
-    kind: str  # "image" (every record has an image) or "table"
+    kind: str  # "image" (every record has an image), "table" (feature rows) or "text"
     limits: ImageLimits
     root: Path | None = None  # dataset root that every path must stay inside
     class_names: tuple[str, ...] | None = None  # of labels: declared (or, for tables, read from the label column)
@@ -162,15 +162,16 @@ def _text_key(value: Any, rule: str, what: str) -> str:
 def _caption(value: Any, rules: RecordRules) -> str | None:
     if "caption" not in rules.required:
         return value.strip() if isinstance(value, str) and value.strip() else None
-    column = _column(rules.caption_column, "caption")
+    what = "text" if rules.kind == "text" else "caption"  # a text table's text travels as the caption
+    column = _column(rules.caption_column, what)
     if _is_missing(value):
-        raise RecordRejected("caption_missing", f"{column} is missing")
+        raise RecordRejected(f"{what}_missing", f"{column} is missing")
     if not isinstance(value, str):
-        raise RecordRejected("caption_not_text", f"{column} value {_shown(value)} is not text")
+        raise RecordRejected(f"{what}_not_text", f"{column} value {_shown(value)} is not text")
     if not _is_unicode(value) or "\ufffd" in value:
-        raise RecordRejected("caption_not_text", f"{column} holds characters that are not valid text (undecodable bytes)")
+        raise RecordRejected(f"{what}_not_text", f"{column} holds characters that are not valid text (undecodable bytes)")
     if not value.strip():
-        raise RecordRejected("caption_empty", f"{column} is empty")
+        raise RecordRejected(f"{what}_empty", f"{column} is empty")
     return value.strip()
 
 
@@ -272,6 +273,10 @@ def _checked(candidate: CandidateRecord, rules: RecordRules) -> IngestRecord:
         if candidate.targets is None:
             raise RecordRejected("target_missing", f"no values for the target columns {', '.join(map(repr, rules.target_columns))}")
         targets = _finite_numbers(candidate.targets, rules.target_columns, "target")
+    if rules.kind == "text":  # the text alone is the content: the same text twice is a duplicate, whatever its label
+        sha256 = content_hash(caption)
+        return IngestRecord(explicit_id or candidate.default_id or sha256, sha256, candidate.layout_split, caption, label,
+                            targets, group=group)
     if rules.kind == "table":
         features = _finite_numbers(candidate.features, rules.feature_columns, "feature")
         sha256 = content_hash(features, targets, label)

@@ -13,7 +13,7 @@ from trainflow.data.checks.record_validation import CandidateRecord
 class SourceCandidates:
     """Records as a source declared them (nothing checked yet) and the facts the checks need.
 
-    kind: "image" (every record has an image) or "table" (feature rows).
+    kind: "image" (every record has an image), "table" (feature rows) or "text" (a text per record, as its caption).
     root: the folder every path a record names must stay inside (None for in-memory or array sources).
     rejected: declarations that are not records at all (a line that is not JSON, say).
     class_names / target_names / feature_names: what the source itself names (None: it does not say).

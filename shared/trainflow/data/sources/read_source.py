@@ -62,7 +62,7 @@ def _rules(cfg: IngestConfig, needs: RecordNeeds, found: SourceCandidates) -> Re
         mask_classes=len(names) if names is not None and needs.classes_of == "masks" else None,
         labels_are_names=found.labels_are_names, label_column=cfg.label_column,
         target_columns=tuple(found.target_names or ()), group_column=cfg.group_column,
-        feature_columns=tuple(found.feature_names or ()), caption_column=cfg.caption_column, id_column=cfg.id_column,
+        feature_columns=tuple(found.feature_names or ()), caption_column=cfg.text_column or cfg.caption_column, id_column=cfg.id_column,
     )
 
 

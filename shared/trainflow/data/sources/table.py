@@ -3,6 +3,7 @@
 A table whose columns include ingest.image_column holds images (paths relative to the table's folder, which
 they must stay inside) with caption/label/target/mask columns; any other table holds feature rows. Labels in
 a table are class names (ingest.class_names, or the distinct values of the column, numbers in numeric order).
+With ingest.text_column the table holds texts (kind "text"): each row's text travels as its caption.
 
 Rows are read with the standard csv module (so a malformed row is one rejection with its line number, not a
 failed parse), our JSON-lines reader, or pyarrow for Parquet; a byte order mark at the start of a text file is
@@ -158,17 +159,18 @@ def table_candidates(cfg: IngestConfig) -> SourceCandidates:
     path = Path(cfg.table or "").expanduser().resolve()
     rejected: list[RejectedRecord] = []
     columns, rows = read_table_rows(path, cfg.resolved_table_format, rejected)
+    is_text = cfg.text_column is not None  # a table of texts: no images, no features
     targets = list(cfg.target_columns or [])
-    named = [c for c in (cfg.label_column, cfg.mask_column, cfg.id_column, cfg.group_column) if c]
+    named = [c for c in (cfg.text_column, cfg.label_column, cfg.mask_column, cfg.id_column, cfg.group_column) if c]
     missing = [c for c in [*targets, *named, *(cfg.feature_columns or [])] if c not in columns]
     if missing:
         raise UserFacingError(f"table {path} has no column {', '.join(map(repr, missing))}; its columns are "
                               f"{', '.join(str(c)[:80] for c in columns[:20])}")
     declared = {cfg.caption_column, *targets, *named, *(cfg.feature_columns or [])}
     columns, warnings = _majority_columns(columns, rows, declared)
-    is_image = cfg.image_column in columns
+    is_image = not is_text and cfg.image_column in columns
     used = {cfg.image_column, cfg.caption_column, *targets, *named}
-    features = None if is_image else list(cfg.feature_columns or _default_features(columns, rows, used))
+    features = None if is_image or is_text else list(cfg.feature_columns or _default_features(columns, rows, used))
     if features is not None and not features:
         raise UserFacingError(f"table {path}: no numeric feature columns and no '{cfg.image_column}' image column; "
                               "set ingest.feature_columns or ingest.image_column")
@@ -181,11 +183,11 @@ def table_candidates(cfg: IngestConfig) -> SourceCandidates:
             source=source, ref=reference_text(row.get(cfg.image_column)) if is_image else source, default_id=source,
             base_dir=path.parent, record_id=row.get(cfg.id_column) if cfg.id_column else None,
             image=row.get(cfg.image_column) if is_image else None, mask=row.get(cfg.mask_column) if cfg.mask_column else None,
-            caption=row.get(cfg.caption_column), label=row.get(cfg.label_column) if cfg.label_column else None,
+            caption=row.get(cfg.text_column or cfg.caption_column), label=row.get(cfg.label_column) if cfg.label_column else None,
             targets=[as_number(row.get(c)) for c in targets] if targets else None,
             features=[as_number(row.get(c)) for c in features] if features is not None else None,
             group=row.get(cfg.group_column) if cfg.group_column else None,
         ))
     # Image paths resolve against the table's folder and must stay inside it.
-    return SourceCandidates(candidates, "image" if is_image else "table", path.parent, rejected, class_names,
-                            cfg.target_columns, features, labels_are_names=True, warnings=warnings)
+    return SourceCandidates(candidates, "image" if is_image else "text" if is_text else "table", path.parent, rejected,
+                            class_names, cfg.target_columns, features, labels_are_names=True, warnings=warnings)
