@@ -19,6 +19,7 @@ TASK_MODULES: dict[str, str] = {
     "classification": "trainflow.tasks.classification",
     "regression": "trainflow.tasks.regression",
     "segmentation": "trainflow.tasks.segmentation",
+    "autoencoder": "trainflow.tasks.autoencoder",
 }
 TASK_NAMES = tuple(TASK_MODULES)
 
