@@ -21,8 +21,9 @@ def digits_cache(folder: Path, count: int = 100, size: int = 8, unlabelled_every
     dataset = write_digits_artifact(folder / "dataset", count=count, size=size)
     if unlabelled_every:
         lines = [json.loads(line) for line in (dataset / "manifest.jsonl").read_text().splitlines()]
-        for number, line in enumerate(lines):
-            if line["split"] == "train" and number % unlabelled_every:
+        train = [line for line in lines if line["split"] == "train"]
+        for number, line in enumerate(train):
+            if number % unlabelled_every:
                 line.pop("label")
                 line["unlabelled"] = True
         (dataset / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))

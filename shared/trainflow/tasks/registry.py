@@ -20,6 +20,7 @@ TASK_MODULES: dict[str, str] = {
     "regression": "trainflow.tasks.regression",
     "segmentation": "trainflow.tasks.segmentation",
     "autoencoder": "trainflow.tasks.autoencoder",
+    "semi_supervised": "trainflow.tasks.semi_supervised",
 }
 TASK_NAMES = tuple(TASK_MODULES)
 
