@@ -115,6 +115,10 @@ class IngestConfig(Section):
         "after writing the quarantine report."))
     split: SplitFractions = SplitFractions()
     max_records: int | None = Field(None, ge=3, le=1_000_000_000, description="Use only this many valid records (quick runs and tests).")
+    labelled_fraction: float | None = Field(None, gt=0, le=1, description=(
+        "semi_supervised: the share of train records that keep their label, chosen by the seeded split "
+        "(stratified by class); the others are written to the manifest without it (`unlabelled: true`). "
+        "Val and test keep every label."))
     buckets: BucketConfig | None = Field(None, description=(
         "text_to_image: aspect-ratio buckets instead of one square resolution; every image is resized to cover "
         "the bucket nearest its aspect ratio and the small excess centre-cropped (its original size and crop are "

@@ -163,6 +163,28 @@ class DiffusionTrainingConfig(Section):
         "they train like the other images, once per epoch, at weight 1."))
 
 
+class AutoencoderConfig(Section):
+    """task autoencoder: the convolutional autoencoder and what it is trained on."""
+
+    latent_dim: int = Field(16, ge=1, description="Size of the code the encoder compresses each image to.")
+    variational: bool = Field(False, description="A variational autoencoder: the code is sampled (reparameterised) "
+                              "and the loss adds kl_weight × the KL divergence to a standard normal.")
+    kl_weight: float = Field(1e-3, ge=0, description="variational: weight of the KL term beside the per-pixel MSE.")
+    anomaly_class: str | int | None = Field(None, description=(
+        "Anomaly mode: train and validate on every class but this one (a class name, or its index), and report "
+        "the ROC-AUC of the reconstruction error for this class against the others on the test split."))
+
+
+class SemiSupervisedConfig(Section):
+    """task semi_supervised: confidence-thresholded pseudo-labels on the records ingest left unlabelled."""
+
+    unlabelled_ratio: int = Field(7, ge=0, description=(
+        "Unlabelled records per labelled record in each batch (FixMatch's mu); 0 trains on the labelled records alone."))
+    confidence_threshold: float = Field(0.95, gt=0, le=1, description=(
+        "An unlabelled record is trained on the class the model gives at least this probability; below it, not at all."))
+    unlabelled_weight: float = Field(1.0, ge=0, description="Weight of the pseudo-label loss beside the labelled loss.")
+
+
 class LossConfig(Section):
     name: Literal["cross_entropy", "focal", "mse", "l1", "huber", "cross_entropy_dice", "custom"] | None = Field(
         None, description="Default: cross_entropy (classification), mse (regression), cross_entropy_dice (segmentation).")
@@ -179,6 +201,10 @@ class LossConfig(Section):
         if (self.name == "custom") != (self.custom is not None):
             raise ValueError("name: custom and custom: 'package.module:function' go together")
         return self
+
+
+# Blocks of TrainConfig that only some tasks read (a task lists the ones it reads in `train_blocks`).
+TASK_TRAIN_BLOCKS = ("autoencoder", "semi_supervised")
 
 
 class TrainConfig(Section):
@@ -200,6 +226,8 @@ class TrainConfig(Section):
     preemption: PreemptionConfig = PreemptionConfig()
     diffusion: DiffusionTrainingConfig = DiffusionTrainingConfig()
     loss: LossConfig = LossConfig()
+    autoencoder: AutoencoderConfig | None = Field(None, description="task autoencoder: model size, VAE, anomaly mode.")
+    semi_supervised: SemiSupervisedConfig | None = Field(None, description="task semi_supervised: pseudo-labelling.")
     num_workers: WorkerCount = Field(0, description="DataLoader workers; auto: from free CPUs and memory.")
     transforms: TransformsConfig = TransformsConfig()
     data_loading: DataLoadingConfig = DataLoadingConfig()

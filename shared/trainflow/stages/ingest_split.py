@@ -18,6 +18,7 @@ from trainflow.config import IngestConfig, check_task_fit, parse_section
 from trainflow.data.checks.checked_source import check_and_read
 from trainflow.data.sources.hdf5 import close_hdf5_files
 from trainflow.data.kfold_split import FoldPlan, assign_folds
+from trainflow.data.labelled_subset import unlabelled_train_ids
 from trainflow.data.manifest import DATASET_INFO, FOLDS_FILE, REJECTED_FILE, SPLITS
 from trainflow.data.checks.image_decoding import ImageLimits
 from trainflow.data.checks.quarantine import (
@@ -104,13 +105,17 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         raise
     prior = read_prior_records(cfg, task, model_base, seed)
     rejected = rejected + prior.rejected
+    unlabelled: set[str] = set()
+    if cfg.labelled_fraction is not None:  # the task learns from unlabelled train records (checked with the config)
+        unlabelled = unlabelled_train_ids(valid, assignment, cfg.labelled_fraction, seed)
     counters: Counter[str] = Counter()
     sizes = SnapshotSizes()
     limits = image_limits(cfg)
     planned = [(record, assignment[record.record_id], False) for record in valid]
     planned += [(record, "train", True) for record in prior.records]
     with atomic_directory(dataset.path) as staging:
-        lines = [json.dumps(_snapshot(record, split, is_prior, counters, sizes, staging, cfg, source.kind, task, limits))
+        lines = [json.dumps(_snapshot(record, split, is_prior, counters, sizes, staging, cfg, source.kind, task, limits,
+                                      record.record_id in unlabelled))
                  for record, split, is_prior in tqdm(planned, desc="ingest: snapshotting records", unit="rec",
                                                      mininterval=2.0, disable=None)]
         (staging / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -124,6 +129,7 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         "bad_fraction": round(bad_fraction(len(source.records), len(source.rejected)), 6),
         **{f"num_{split}": counters[split] for split in SPLITS},
         **({"num_prior": len(prior.records)} if cfg.prior_preservation is not None else {}),
+        **({"num_unlabelled_train": len(unlabelled)} if cfg.labelled_fraction is not None else {}),
         **({"num_buckets": len(sizes.per_bucket)} if cfg.buckets is not None else {}),
         "content_sha256": content_hash(valid + prior.records),
         "kind": source.kind,
@@ -149,13 +155,19 @@ def _reasons_line(source: SourceData) -> str:
 
 
 def _snapshot(record: IngestRecord, split: str, is_prior: bool, counters: Counter, sizes: SnapshotSizes, staging: Path,
-              cfg: IngestConfig, kind: str, task: str, limits: ImageLimits) -> dict:
-    """The record's manifest line, with its image (and mask) written; a file that changed since its check stops ingest."""
+              cfg: IngestConfig, kind: str, task: str, limits: ImageLimits, hide_label: bool = False) -> dict:
+    """The record's manifest line, with its image (and mask) written; a file that changed since its check stops ingest.
+
+    hide_label: leave the label out and mark the line `unlabelled: true` (ingest.labelled_fraction)."""
     try:
-        return _manifest_line(record, split, is_prior, counters, sizes, staging, cfg, kind, task, limits)
+        line = _manifest_line(record, split, is_prior, counters, sizes, staging, cfg, kind, task, limits)
     except (RecordRejected, OSError) as exc:
         raise UserFacingError(f"record {printable(record.record_id)!r} changed or vanished while ingest was running "
                               f"({printable(str(exc))}); run ingest again once the data is stable") from None
+    if hide_label:
+        line.pop("label", None)
+        line["unlabelled"] = True
+    return line
 
 
 def _manifest_line(record: IngestRecord, split: str, is_prior: bool, counters: Counter, sizes: SnapshotSizes,
@@ -216,6 +228,10 @@ def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: In
         lines += [f"Split ({summary['split_kind']}): train {summary['num_train']}, val {summary['num_val']}, "
                   f"test {summary['num_test']} of {summary['num_records']} records; content sha256 "
                   f"`{summary['content_sha256'][:16]}…`", ""]
+        if "num_unlabelled_train" in summary:
+            lines += [f"Labels kept on {summary['num_train'] - summary['num_unlabelled_train']} of {summary['num_train']} "
+                      f"train records (ingest.labelled_fraction {cfg.labelled_fraction:g}, stratified, seeded); the "
+                      "others are in the manifest without a label", ""]
         if prior is not None and cfg.prior_preservation is not None:
             lines += prior_markdown(prior, cfg)
         if sizes is not None and cfg.buckets is not None:

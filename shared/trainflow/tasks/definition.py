@@ -66,11 +66,15 @@ class RecordNeeds:
     required: record fields a record is rejected without (caption, label, targets, mask, text).
     classes_of: what class names describe ('labels', 'masks') or None when the task has no classes.
     counts_caption_tokens: warn about captions longer than the text encoder reads.
+    images: the task reads images only; a source of feature rows is refused before anything is written.
+    partly_labelled: the task learns from train records without labels, so ingest.labelled_fraction applies.
     """
 
     required: frozenset[str] = frozenset()
     classes_of: str | None = None
     counts_caption_tokens: bool = False
+    images: bool = False
+    partly_labelled: bool = False
 
 
 @dataclasses.dataclass
@@ -116,6 +120,7 @@ class TaskDefinition(abc.ABC):
     baselines: tuple[Reference, ...] = ()  # methods fitted on the same split, shown under each summary row
     compares_per_record: bool = False  # per-record outputs a paired comparison can use (compare, beat_champion)
     generates_images: bool = False  # the pipeline has a score stage that needs generation weights
+    train_blocks: tuple[str, ...] = ()  # task-specific train.* blocks it reads (of config.training.TASK_TRAIN_BLOCKS)
 
     # ------------------------------------------------------------------ config
     def check_config(self, ingest: "IngestConfig | None", model: "ModelConfig | None", train: "TrainConfig | None") -> None:
@@ -123,7 +128,15 @@ class TaskDefinition(abc.ABC):
 
         Stages call it with the sections they receive, so a config edited in the Kubeflow UI fails like a local one.
         """
+        if ingest is not None and ingest.labelled_fraction is not None and not self.record_needs.partly_labelled:
+            raise ValueError(f"ingest.labelled_fraction: task {self.name} trains on labelled records only; remove it "
+                             "(task semi_supervised learns from the unlabelled ones)")
         if train is not None:
+            from trainflow.config.training import TASK_TRAIN_BLOCKS
+
+            for block in TASK_TRAIN_BLOCKS:
+                if getattr(train, block) is not None and block not in self.train_blocks:
+                    raise ValueError(f"train.{block}: applies to task {block} only, not {self.name}; remove it")
             known = self.validation_metrics + ("train_loss",)
             monitor = train.early_stopping.monitor
             if monitor not in known:

@@ -20,6 +20,8 @@ TASK_MODULES: dict[str, str] = {
     "regression": "trainflow.tasks.regression",
     "segmentation": "trainflow.tasks.segmentation",
     "text_classification": "trainflow.tasks.text_classification",
+    "autoencoder": "trainflow.tasks.autoencoder",
+    "semi_supervised": "trainflow.tasks.semi_supervised",
 }
 TASK_NAMES = tuple(TASK_MODULES)
 

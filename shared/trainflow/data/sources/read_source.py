@@ -24,6 +24,7 @@ from trainflow.data.sources.candidates import SourceCandidates
 from trainflow.data.sources.image_folder import folder_candidates
 from trainflow.data.sources.sklearn_bundled import sklearn_candidates
 from trainflow.data.sources.table import table_candidates
+from trainflow.errors import UserFacingError
 from trainflow.tasks.definition import RecordNeeds
 
 __all__ = ["IngestRecord", "SourceData", "read_source", "image_limits"]
@@ -113,6 +114,10 @@ def read_source(cfg: IngestConfig, needs: RecordNeeds, caption_counter: CaptionT
     Raises UserFacingError only for the source as a whole (missing folder/file/column), never for a record.
     """
     found = _candidates(cfg, needs)
+    if needs.images and found.kind != "image":
+        raise UserFacingError(f"ingest: {cfg.source_description} holds feature rows, not images, and the task reads "
+                              f"images only; point ingest at images (a folder, or a table with the column named by "
+                              f"ingest.image_column, now {cfg.image_column!r})")
     rules = _rules(cfg, needs, found)
     checked, rejected, sources = [], list(found.rejected), {}
     for candidate in tqdm(found.candidates, desc="ingest: checking records", unit="rec", mininterval=2.0, disable=None):
