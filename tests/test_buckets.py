@@ -20,7 +20,7 @@ from PIL import Image
 
 from trainflow.artifacts import LocalArtifact
 from trainflow.data.manifest import read_dataset_info, read_manifest
-from trainflow.diffusion.buckets import bucket_sizes, nearest_bucket
+from trainflow.diffusion.buckets import bucket_sizes, nearest_bucket, outside_range, ratio_in_range
 from trainflow.data.cache.latent_cache import CachedLatents
 from trainflow.errors import ConfigError
 from trainflow.stages.build_cache import build_cache
@@ -45,6 +45,26 @@ def one_cpu_thread():
 
 # ================================================================ the bucket list
 
+
+@settings(max_examples=200, deadline=None)
+@given(width=st.integers(1, 512).map(lambda n: 8 * n), height=st.integers(1, 512).map(lambda n: 8 * n))
+def test_a_bucket_exactly_at_the_ratio_limits_is_kept_whatever_the_rounding(width, height):
+    # 1 / (h / w) is one rounding away from w / h for about one pair in ten: written as a reciprocal (or a
+    # rounded decimal), a limit equal to a bucket's ratio must keep that bucket, at either end of the range.
+    limit = 1 / (height / width)
+    assert ratio_in_range(width, height, limit, math.inf) and ratio_in_range(width, height, 0.0, limit)
+    assert not outside_range(width, height, limit, limit)
+    sizes = bucket_sizes(max(width, height), 8, limit, limit)
+    assert all(ratio_in_range(w, h, limit, limit) for w, h in sizes)
+    assert not ratio_in_range(width, height, limit * (1 + 1e-6), limit * 2)  # a real gap still excludes it
+
+
+def test_a_bucket_at_a_reciprocal_limit_is_listed():
+    high = 1 / (368 / 392)  # 1.0652173913043477, one ulp below 392 / 368: an exact comparison drops the bucket
+    assert high < 392 / 368
+    assert bucket_sizes(380, 8, 1.0, high)[-1] == (392, 368)
+
+
 @settings(max_examples=60, deadline=None)
 @given(resolution=st.integers(16, 2048), step=st.sampled_from([8, 16, 32, 64]),
        low=st.floats(0.2, 1.0), high=st.floats(1.0, 5.0))
@@ -52,7 +72,7 @@ def test_every_bucket_fits_the_budget_the_step_and_the_ratio_range(resolution, s
     sizes = bucket_sizes(resolution, step, low, high)
     for width, height in sizes:
         assert width % step == 0 and height % step == 0 and width * height <= resolution * resolution
-        assert low <= width / height <= high
+        assert low * (1 - 1e-9) <= width / height <= high * (1 + 1e-9)
         # as large as the step allows: one more step on either side leaves the budget or the ratio range
         for wider, taller in ((width + step, height), (width, height + step)):
             assert wider * taller > resolution**2 or not low <= wider / taller <= high

@@ -11,6 +11,16 @@ from __future__ import annotations
 
 import math
 
+# Aspect ratios written in a config are decimals or reciprocals (1 / 0.5625), one rounding away from the
+# integer quotient width / height: a bucket exactly at the range's end must not fall out over the last bit.
+RATIO_TOLERANCE = 1e-9
+
+
+def ratio_in_range(width: int, height: int, min_aspect_ratio: float, max_aspect_ratio: float) -> bool:
+    """Whether width / height lies in [min_aspect_ratio, max_aspect_ratio], ends included to a 1e-9 relative tolerance."""
+    ratio = width / height
+    return (min_aspect_ratio * (1 - RATIO_TOLERANCE) <= ratio <= max_aspect_ratio * (1 + RATIO_TOLERANCE))
+
 
 def bucket_sizes(resolution: int, step: int, min_aspect_ratio: float, max_aspect_ratio: float) -> list[tuple[int, int]]:
     """Every (width, height) bucket, sorted by aspect ratio (tallest first); empty when the settings allow none."""
@@ -20,7 +30,7 @@ def bucket_sizes(resolution: int, step: int, min_aspect_ratio: float, max_aspect
         other = budget // side // step * step  # the longest multiple of step that keeps the area in budget
         if other >= step:  # both orientations, so the list is symmetric when the ratio range is
             sizes.update(size for size in ((side, other), (other, side))
-                         if min_aspect_ratio <= size[0] / size[1] <= max_aspect_ratio)
+                         if ratio_in_range(*size, min_aspect_ratio, max_aspect_ratio))
     # Widths that round down to the same height give several buckets of one height: keep the widest per height
     # and the tallest per width, so every bucket uses its budget fully.
     by_height: dict[int, int] = {}
@@ -40,4 +50,4 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> t
 
 def outside_range(width: int, height: int, min_aspect_ratio: float, max_aspect_ratio: float) -> bool:
     """Whether the image's aspect ratio lies outside the buckets' range (it is cropped to the nearest end)."""
-    return not min_aspect_ratio <= width / height <= max_aspect_ratio
+    return not ratio_in_range(width, height, min_aspect_ratio, max_aspect_ratio)
