@@ -38,12 +38,14 @@ def find_champion(client, model_name: str, alias: str):
 
 
 def download_model_version(version, tracking_uri: str, destination: Path) -> Path:
-    """Download a registered version's model folder (its `source`) into `destination`; returns the local folder."""
+    """Download a registered version (its `source`) into `destination`; returns the trained model folder inside it."""
     import mlflow
 
+    from trainflow.registry.mlflow_model import model_folder_in
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay one line per fact
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(destination),
-                                                    tracking_uri=tracking_uri))
+    return model_folder_in(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(destination),
+                                                               tracking_uri=tracking_uri))
 
 
 def resolve_model_reference(reference: str, tracking_uri: str, destination: Path) -> Path:

@@ -46,9 +46,9 @@ def register_model(
             "trainflow.gates": "passed" if not reasons else "failed: " + "; ".join(reasons),
             "trainflow.champion_version": _champion_tag(evidence),
         }
-        run_id, artifact_uri = _record_run(client, cfg, tracking_uri, run_name, params,
-                                           {**numbers, **_champion_numbers(evidence)}, tags, model_dir)
-        version = None if reasons else _register_version(client, cfg, run_id, artifact_uri, dataset_hash, run_name)
+        run_id, model_info = _record_run(client, cfg, tracking_uri, run_name, params,
+                                         {**numbers, **_champion_numbers(evidence)}, tags, model_dir, task)
+        version = None if reasons else _register_version(client, cfg, run_id, model_info, dataset_hash, run_name)
         outcome = {
             "registered": version is not None, "model_name": cfg.model_name, "model_version": version,
             "reasons": reasons, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "dataset_sha256": dataset_hash,
@@ -64,25 +64,26 @@ def register_model(
 
 
 def _record_run(client, cfg: RegisterConfig, tracking_uri: str, run_name: str, params: dict[str, Any],
-                metrics: dict[str, float], tags: dict[str, str], model_dir: str) -> tuple[str, str]:
-    """One MLflow run with the params, metrics, tags and the model folder (artifact path `model`); (run id, artifact URI)."""
+                metrics: dict[str, float], tags: dict[str, str], model_dir: str, task: str):
+    """One MLflow run with the params, metrics, tags and the model folder logged as an MLflow Model; (run id, ModelInfo)."""
     import mlflow
+
+    from trainflow.registry.mlflow_model import log_served_model
 
     experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(flatten_params(params))
         mlflow.log_metrics(metrics)
         mlflow.set_tags(tags)
-        mlflow.log_artifacts(model_dir, artifact_path="model")
-        return run.info.run_id, run.info.artifact_uri
+        return run.info.run_id, log_served_model(task, model_dir)
 
 
-def _register_version(client, cfg: RegisterConfig, run_id: str, artifact_uri: str, dataset_hash: str, run_name: str) -> int:
-    """A new registry version of the run's model folder, which takes the champion alias."""
+def _register_version(client, cfg: RegisterConfig, run_id: str, model_info, dataset_hash: str, run_name: str) -> int:
+    """A new registry version of the run's logged MLflow Model, which takes the champion alias."""
     if not _registered_model_exists(client, cfg.model_name):
         client.create_registered_model(cfg.model_name, description="Registered by trainflow")
     model_version = client.create_model_version(
-        cfg.model_name, source=f"{artifact_uri}/model", run_id=run_id,
+        cfg.model_name, source=model_info.model_uri, run_id=run_id, model_id=model_info.model_id,
         tags={"dataset_sha256": dataset_hash}, description=f"trainflow run {run_name}",
     )
     client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, str(model_version.version))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -50,6 +51,17 @@ class ClassificationDefinition(SupervisedDefinition):
 
     def readable_outputs(self, outputs: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
         return outputs.softmax(1)
+
+    def serving_outputs(self, folder: Path) -> dict[str, str]:
+        from trainflow.tasks.supervised_serving import read_folder_config
+
+        names = read_folder_config(folder)["meta"]["class_names"]
+        return {"predicted_class": "string", **{f"probability_{name}": "double" for name in names}}
+
+    def served(self, readable: torch.Tensor, names: list[str]) -> Any:
+        from trainflow.tasks.supervised_serving import classification_frame
+
+        return classification_frame(readable, names)
 
     def metric_function(self, names: list[str]) -> MetricFunction:
         from trainflow.metrics.supervised import classification_metrics

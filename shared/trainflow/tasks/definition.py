@@ -91,6 +91,30 @@ class TestRequest:
     last: "LastCheckpoint"  # the last checkpoint, verified, or why it cannot be scored (the task may add a reason)
 
 
+@dataclasses.dataclass(frozen=True)
+class ServingTensor:
+    """An array input or output: numpy dtype name and shape (-1 where any size fits, the batch first)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSchema:
+    """What a registered version takes and returns, in plain terms (the registry turns it into an MLflow signature).
+
+    inputs / outputs: columns {name: type} (type: 'double', 'long', 'string') or one ServingTensor.
+    params: what a request may set beside the inputs, name -> default (int, float or str).
+    example: a small real input (a pandas DataFrame or a numpy array) built from the model folder, or
+      (input, params) when the example request sets parameters.
+    """
+
+    inputs: dict[str, str] | ServingTensor
+    outputs: dict[str, str] | ServingTensor
+    params: dict[str, Any]
+    example: Any
+
+
 class Predictor(Protocol):
     """An exported model folder loaded back: what `trainflow compare`, the champion gate and serving call."""
 
@@ -189,6 +213,22 @@ class TaskDefinition(abc.ABC):
     @abc.abstractmethod
     def load_for_prediction(self, folder: Path) -> Predictor:
         """The exported model folder loaded back to predict."""
+
+    def serving_schema(self, folder: Path) -> ServingSchema:
+        """What a registered version of the model in `folder` takes and returns (the registry's MLflow signature).
+
+        A task without a serving form cannot be registered: UserFacingError saying so.
+        """
+        from trainflow.errors import UserFacingError
+
+        raise UserFacingError(f"task {self.name} does not define what its registered model takes and returns "
+                              "(serving_schema and serve), so it cannot be registered as an MLflow Model")
+
+    def serve(self, predictor: Predictor, model_input: Any, params: dict[str, Any]) -> Any:
+        """Predictions for one request: `model_input` as `serving_schema` describes it; UserFacingError for a bad one."""
+        from trainflow.errors import UserFacingError
+
+        raise UserFacingError(f"task {self.name} cannot serve predictions (it defines no serve)")
 
     # ------------------------------------------------------------------ derived
     def rows_for_summary(self) -> tuple[MetricSpec, ...]:

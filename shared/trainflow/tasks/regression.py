@@ -76,6 +76,16 @@ class RegressionDefinition(SupervisedDefinition):
     def stored_truth(self, truth: torch.Tensor) -> torch.Tensor:
         return truth.double()
 
+    def serving_outputs(self, folder: Path) -> dict[str, str]:
+        from trainflow.tasks.supervised_serving import read_folder_config
+
+        return {name: "double" for name in read_folder_config(folder)["meta"]["target_names"]}
+
+    def served(self, readable: torch.Tensor, names: list[str]) -> Any:
+        from trainflow.tasks.supervised_serving import regression_frame
+
+        return regression_frame(readable, names)
+
     def metric_function(self, names: list[str]) -> MetricFunction:
         from trainflow.metrics.supervised import regression_metrics
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from trainflow.config import IngestConfig
 from trainflow.config.training import LossConfig
-from trainflow.tasks.definition import MetricFunction, MetricSpec, RecordNeeds
+from trainflow.tasks.definition import MetricFunction, MetricSpec, RecordNeeds, ServingTensor
 from trainflow.tasks.supervised import SupervisedDefinition, SupervisedTraining
 
 
@@ -63,6 +64,13 @@ class SegmentationDefinition(SupervisedDefinition):
 
     def stored_output(self, readable: torch.Tensor) -> torch.Tensor:
         return readable.argmax(1)  # class maps: probabilities of N·K·H·W values would be too large to keep
+
+    def serving_outputs(self, folder: Path) -> ServingTensor:
+        # a class index per pixel, into the class names the registry records as the version's trainflow.output_names tag
+        return ServingTensor("int64", (-1, -1, -1))
+
+    def served(self, readable: torch.Tensor, names: list[str]) -> Any:
+        return readable.argmax(1).numpy()
 
     def metric_function(self, names: list[str]) -> MetricFunction:
         from trainflow.metrics.supervised import segmentation_metrics

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from trainflow.config import CacheConfig, IngestConfig, ModelConfig, TrainConfig
 from trainflow.config.training import DiffusionTrainingConfig, LossConfig
 from trainflow.errors import UserFacingError
-from trainflow.tasks.definition import TaskDefinition, TestRequest
+from trainflow.tasks.definition import ServingSchema, ServingTensor, TaskDefinition, TestRequest
 
 
 class SupervisedTraining(abc.ABC):
@@ -164,6 +164,14 @@ class SupervisedDefinition(TaskDefinition):
     def stored_truth(self, truth: torch.Tensor) -> torch.Tensor:
         return truth
 
+    @abc.abstractmethod
+    def serving_outputs(self, folder: Path) -> "dict[str, str] | ServingTensor":
+        """What a registered version returns (columns or an array), for its MLflow signature."""
+
+    @abc.abstractmethod
+    def served(self, readable: torch.Tensor, names: list[str]) -> Any:
+        """`readable` outputs as the registered version returns them (a DataFrame or an array)."""
+
     # ------------------------------------------------------------ the interface
     def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
         if model is not None and model.text_encoder is not None:
@@ -200,6 +208,16 @@ class SupervisedDefinition(TaskDefinition):
         if meta.get("task") != self.name:
             raise UserFacingError(f"{folder} holds a {meta.get('task')} model, not a {self.name} model")
         return SupervisedPredictor(self, model, meta)
+
+    def serving_schema(self, folder: Path) -> ServingSchema:
+        from trainflow.tasks.supervised_serving import supervised_schema
+
+        return supervised_schema(folder, self.serving_outputs(folder))
+
+    def serve(self, predictor: SupervisedPredictor, model_input: Any, params: dict[str, Any]) -> Any:
+        from trainflow.tasks.supervised_serving import input_tensor
+
+        return self.served(predictor.predict(input_tensor(predictor, model_input)), predictor.names)
 
     def test_outputs(self, request: TestRequest):
         from trainflow.data.cache.attrs import read_cache_dataset_hash

@@ -277,6 +277,7 @@ class TextToImagePredictor:
 
     def __init__(self, folder: Path, precision: str = "no", seed: int = 0) -> None:
         self.folder, self.precision, self.seed = Path(folder), precision, seed
+        self._pipelines: dict[tuple[str, str], Any] = {}
 
     @torch.no_grad()
     def predict(self, prompts: list[str], resolution: int = 512, steps: int = 30, guidance_scale: float = 7.5,
@@ -285,8 +286,10 @@ class TextToImagePredictor:
         from trainflow.devices import pick_device
         from trainflow.diffusion.generation import generate_images, load_generation_pipeline
 
-        pipe = load_generation_pipeline(self.folder, sampler, device or pick_device("auto"))
-        return generate_images(pipe, prompts, resolution, steps, guidance_scale, len(prompts) or 1, seed)
+        key = (sampler, str(device or pick_device("auto")))
+        if self._pipelines.get(key) is None:  # a served model answers many requests with one loaded pipeline
+            self._pipelines = {key: load_generation_pipeline(self.folder, sampler, device or pick_device("auto"))}
+        return generate_images(self._pipelines[key], prompts, resolution, steps, guidance_scale, len(prompts) or 1, seed)
 
     def record_outputs(self, cache_dir: Path, batch_size: int, device: torch.device) -> tuple[torch.Tensor, None]:
         from trainflow.diffusion.model_loading import load_trained_parts
@@ -435,6 +438,16 @@ class TextToImageDefinition(TaskDefinition):
             raise UserFacingError(f"{folder} is not a text-to-image model folder (no model_index.json); point at the "
                                   "train stage's model output or a registered text-to-image version")
         return TextToImagePredictor(folder)
+
+    def serving_schema(self, folder: Path):
+        from trainflow.tasks.text_to_image_serving import text_to_image_schema
+
+        return text_to_image_schema(folder)
+
+    def serve(self, predictor: TextToImagePredictor, model_input: Any, params: dict[str, Any]):
+        from trainflow.tasks.text_to_image_serving import serve_prompts, text_to_image_schema
+
+        return serve_prompts(predictor, model_input, params, text_to_image_schema(predictor.folder).params)
 
 
 TASK = TextToImageDefinition()
