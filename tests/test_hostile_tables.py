@@ -34,7 +34,9 @@ def needs(task: str):
 
 def csv_text(header, rows):
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # "\r\n" makes the writer quote cells holding a bare "\r" too (it quotes only lineterminator characters);
+    # with "\n" such a cell is written bare, and a bare "\r" is a line break to any CSV reader.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue()
