@@ -92,7 +92,7 @@ def test_bad_rows_go_to_quarantine_with_a_reason_and_long_texts_are_truncated_wi
     dataset, _, metadata = topic_cache
     rejected = {row["ref"]: row for row in map(json.loads, (dataset / "rejected.jsonl").read_text().splitlines())}
     assert {r["rule"] for r in rejected.values()} == {"text_empty", "text_not_text"}
-    assert "text is empty" in " ".join(r["reason"] for r in rejected.values())
+    assert "text column 'text' is empty" in " ".join(r["reason"] for r in rejected.values())
     assert metadata["num_truncated"] == 1 and metadata["num_train"] + metadata["num_val"] + metadata["num_test"] == 120
 
 
