@@ -139,10 +139,13 @@ def stage_arguments(config, tracking_uri: str | None = None) -> dict:
     Each pipeline module's `pipeline_arguments(config)` adds its own (the task, the score section).
     """
     from trainflow.config import section_payload
+    from trainflow.redaction import redact, split_credentials
 
     register = section_payload(config.registration)
     if tracking_uri is not None and not register.get("tracking_uri"):
         register["tracking_uri"] = tracking_uri
+    if register.get("tracking_uri"):  # parameters are command lines and records: user:password travel in the environment
+        register["tracking_uri"] = split_credentials(register["tracking_uri"])[0]
     arguments = {
         "run_name": config.run_name,
         "seed": config.seed,
@@ -152,6 +155,6 @@ def stage_arguments(config, tracking_uri: str | None = None) -> dict:
         "train_config": section_payload(config.train),
         "evaluate_config": section_payload(config.evaluate),
         "register_config": register,
-        "params": section_payload(config),
+        "params": redact(section_payload(config)),
     }
     return arguments

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Callable
 
 from trainflow.errors import UserFacingError
+from trainflow.redaction import redact_text
 
 
 def _add_kfp_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command_handler(args.handler)(args)
     except UserFacingError as exc:
-        print(f"trainflow: error: {exc}", file=sys.stderr)
+        print(f"trainflow: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
 
 

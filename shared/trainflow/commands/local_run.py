@@ -38,6 +38,7 @@ from trainflow.commands.local_retries import stage_retries
 from trainflow.config import RunConfig
 from trainflow.contained_paths import path_inside, remove_inside, state_directory
 from trainflow.errors import ConfigError, UserFacingError
+from trainflow.redaction import environment_variables, redact_text, split_credentials
 from trainflow.registry.tracking import default_tracking_uri
 
 def checkpoint_folder(config: RunConfig, state_dir: str | Path) -> Path:
@@ -119,7 +120,7 @@ class StageReporter(io.TextIOBase):
                 self._log.append(text)
                 self._advance(text)
             if _WARNING.match(text):
-                self.console.print(f"  {text}", markup=False, highlight=False)
+                self.console.print(f"  {redact_text(text)}", markup=False, highlight=False)
 
     def attempt_started(self, stage: str, attempt: int, attempts: int) -> None:
         """The retry loop starts attempt `attempt` of `attempts` of `stage` (its lines say so from the second on)."""
@@ -154,8 +155,8 @@ class StageReporter(io.TextIOBase):
             lines = list(self._log)
             self.console.print(f"Last {len(lines)} log lines of {stage}:", highlight=False)
             for line in lines:
-                self.console.print(f"  {line}", markup=False, highlight=False)
-            self.failure = (stage, one_line_error(lines))
+                self.console.print(f"  {redact_text(line)}", markup=False, highlight=False)
+            self.failure = (stage, redact_text(one_line_error(lines)))
         self._current = None
 
 
@@ -184,7 +185,8 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
                           "this machine, or run the pipeline on Kubeflow (trainflow submit).")
     state = state_directory(state_dir)
     pipeline_root = state / "pipeline-runs"
-    tracking_uri = config.registration.tracking_uri or default_tracking_uri(state)
+    # user:password in the tracking URI reach the stages as MLFLOW_TRACKING_USERNAME/PASSWORD, never as a parameter.
+    tracking_uri, credentials = split_credentials(config.registration.tracking_uri or default_tracking_uri(state))
     checkpoints = checkpoint_folder(config, state)
     if fresh:
         remove_inside(state, checkpoints)
@@ -208,6 +210,7 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
         # Our image is a Python image; kfp.local only guesses from its name.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        quiet.enter_context(environment_variables(credentials))
         if reporter is not None:
             quiet.enter_context(reporter)
             quiet.enter_context(contextlib.redirect_stdout(reporter))
@@ -246,7 +249,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = run_locally(config, args.state_dir, fresh=args.fresh, verbose=args.verbose)
     except RuntimeError as exc:  # kfp.local reports a failed task this way; its log is printed above
-        raise UserFacingError(f"{exc} See that stage's log above for its error.") from None
+        raise UserFacingError(f"{redact_text(str(exc))} See that stage's log above for its error.") from None
     print_summary(result)
     if args.summary_json:
         write_summary_json(result, args.summary_json)

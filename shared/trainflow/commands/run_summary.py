@@ -16,6 +16,7 @@ from rich.table import Table
 
 from trainflow.atomic_files import atomic_write_json
 from trainflow.config import RunConfig
+from trainflow.redaction import redact, redact_text
 from trainflow.tasks import TaskDefinition, get_task
 
 
@@ -64,12 +65,12 @@ def run_summary(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_summary_json(result: dict[str, Any], path: str | Path) -> None:
-    atomic_write_json(path, run_summary(result))
+    atomic_write_json(path, redact(run_summary(result)))
 
 
 def print_summary(result: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(soft_wrap=True)
-    summary = run_summary(result)
+    summary = redact(run_summary(result))
     stages = Table(title="Stages", show_lines=False)
     stages.add_column("stage")
     stages.add_column("status")
@@ -89,7 +90,7 @@ def print_summary(result: dict[str, Any], console: Console | None = None) -> Non
                       f"version [bold]{_int(registration['model_version'])}[/bold] in MLflow ({registration['tracking_uri']})")
     else:
         console.print(f"[red]not registered[/red] ({registration.get('model_name')}): " + "; ".join(registration.get("reasons") or []))
-    console.print(f"MLflow run {registration.get('mlflow_run_id')} — browse with: mlflow ui --backend-store-uri {result['tracking_uri']}")
+    console.print(f"MLflow run {registration.get('mlflow_run_id')} — browse with: mlflow ui --backend-store-uri {redact_text(result['tracking_uri'])}")
     console.print("Artifacts:")
     for name, path in summary["artifacts"].items():
         console.print(f"  {name:<14} {path}")

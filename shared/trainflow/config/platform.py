@@ -86,6 +86,16 @@ class PlatformConfig(Section):
     def _shm_is_quantity(cls, value: str) -> str:
         return _quantity(value)
 
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _uri_holds_no_credentials(cls, value: str) -> str:
+        from trainflow.redaction import has_credentials
+
+        if has_credentials(value):
+            raise ValueError("the URI carries credentials, which would be written into the compiled pipeline; write "
+                             "it without them and put MLFLOW_TRACKING_USERNAME/PASSWORD in the Secret mlflow_secret")
+        return value
+
     @field_validator("mlflow_secret_keys")
     @classmethod
     def _keys_are_env_names(cls, value: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from trainflow.config.names import PlainText, check_champion_alias, check_experiment_name, check_model_name
 from trainflow.config.schema_base import Section
@@ -42,6 +42,17 @@ class RegisterConfig(Section):
     # None: MLFLOW_TRACKING_URI if set, else the project-local SQLite store.
     tracking_uri: PlainText | None = None
     gates: list[Gate] = []
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_token_in_the_query(cls, value: str | None) -> str | None:
+        from trainflow.redaction import has_secret_query
+
+        if value and has_secret_query(value):  # MLflow sends no query string; it reads a token from the environment
+            raise ValueError("a token in the URI's query is not read by MLflow and would be recorded; remove it and "
+                             "set MLFLOW_TRACKING_TOKEN in the environment instead (user:password@ in the URI is fine: "
+                             "trainflow passes it to the stages through the environment)")
+        return value
     champion_alias: Annotated[str, AfterValidator(check_champion_alias)] = Field("champion", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
         "MLflow alias of the current best version: beat_champion gates compare with it, and a newly registered "
         "version takes it."))

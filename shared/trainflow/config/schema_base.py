@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainflow.config.yaml_reading import shown_text
 from trainflow.errors import ConfigError
+from trainflow.redaction import redact_text
 
 # A config with hundreds of mistakes is reported by its first few; the count says how many more.
 MAX_PROBLEMS_SHOWN = 10
@@ -52,8 +53,9 @@ def _describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return f"{location}: required field is missing"
     given = error.get("input")
-    shown = f" (got {shown_text(repr(given), 120)})" if given is not None and not isinstance(given, dict) else ""
-    message = shown_text(str(error["msg"]).removeprefix("Value error, "), 500)
+    # Echoed values are cut and have credentials masked: a message is printed, logged and kept in KFP's records.
+    shown = f" (got {shown_text(redact_text(repr(given)), 120)})" if given is not None and not isinstance(given, dict) else ""
+    message = shown_text(redact_text(str(error["msg"]).removeprefix("Value error, ")), 500)
     # A whole-section check (no location) already names its field in the message.
     return f"{location}: {message}{shown}" if location else f"{message}{shown}"
 

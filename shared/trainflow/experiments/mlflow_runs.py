@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainflow.redaction import redact, redact_text
 from trainflow.registry.tracking import ensure_experiment
 
 
@@ -24,14 +25,14 @@ def log_parent_with_children(tracking_uri: str, experiment: str, parent_name: st
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = ensure_experiment(client, experiment, tracking_uri)
-    parent = client.create_run(experiment_id, run_name=parent_name, tags=parent_tags)
+    parent = client.create_run(experiment_id, run_name=parent_name, tags=redact(parent_tags))
     client.log_batch(parent.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in _numbers(parent_metrics).items()])
     for child in children:
         run = client.create_run(experiment_id, run_name=child["name"],
-                                tags={**child.get("tags", {}), "mlflow.parentRunId": parent.info.run_id})
+                                tags={**redact(child.get("tags", {})), "mlflow.parentRunId": parent.info.run_id})
         client.log_batch(run.info.run_id,
                          metrics=[Metric(k, v, 0, 0) for k, v in _numbers(child.get("metrics", {})).items()],
-                         params=[Param(k, str(v)[:6000]) for k, v in child.get("params", {}).items()])
+                         params=[Param(k, redact_text(str(v))[:6000]) for k, v in child.get("params", {}).items()])
         client.set_terminated(run.info.run_id, status="FINISHED" if child.get("finished", True) else "FAILED")
     client.set_terminated(parent.info.run_id)
     return parent.info.run_id

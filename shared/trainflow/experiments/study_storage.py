@@ -13,7 +13,6 @@ variable `tune.storage.url_env`, which a cluster pipeline fills from a Kubernete
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import optuna
@@ -21,6 +20,7 @@ import optuna
 from trainflow.config.tuning import TuneConfig
 from trainflow.contained_paths import path_inside
 from trainflow.errors import ConfigError, UserFacingError
+from trainflow.redaction import redact_text
 
 JOURNAL_FILE = "journal.log"
 
@@ -28,19 +28,6 @@ JOURNAL_FILE = "journal.log"
 def study_folder(root: str | Path, study_name: str) -> Path:
     """<root>/tuning/<study name>; UserFacingError if it would lead out of `root`."""
     return path_inside(root, "tuning", study_name)
-
-
-def redacted_url(url: str) -> str:
-    """The URL with its password (and any query string, which may hold one) replaced by ***."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return re.sub(r"//[^/@]*@", "//***@", url.split("?", 1)[0])
-    shown = parsed.set(query={}) if parsed.query else parsed
-    return shown.render_as_string(hide_password=True)
 
 
 def storage_url(tune: TuneConfig) -> str:
@@ -58,7 +45,7 @@ def storage_url(tune: TuneConfig) -> str:
 def describe_storage(tune: TuneConfig, folder: Path) -> str:
     if tune.storage.kind == "journal":
         return f"journal {folder / JOURNAL_FILE}"
-    return f"database {redacted_url(storage_url(tune))}"
+    return f"database {redact_text(storage_url(tune))}"
 
 
 def open_storage(tune: TuneConfig, folder: Path) -> optuna.storages.BaseStorage:
@@ -74,5 +61,5 @@ def open_storage(tune: TuneConfig, folder: Path) -> optuna.storages.BaseStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # sqlalchemy/driver errors: one line, with the URL redacted
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserFacingError(f"cannot open the Optuna database {redacted_url(url)}: "
-                              f"{first_line.replace(url, redacted_url(url))}") from None
+        raise UserFacingError(f"cannot open the Optuna database {redact_text(url)}: "
+                              f"{redact_text(first_line.replace(url, redact_text(url)))}") from None

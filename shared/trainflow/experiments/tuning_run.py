@@ -27,6 +27,7 @@ from trainflow.config.tuning import apply_params, objective_directions
 from trainflow.contained_paths import remove_inside, state_directory
 from trainflow.errors import ConfigError, UserFacingError
 from trainflow.experiments.samplers import check_sampler_installed
+from trainflow.redaction import redact
 from trainflow.experiments.study_results import study_results
 from trainflow.experiments.study_storage import describe_storage, study_folder
 from trainflow.experiments.trial_worker import STUDY_FILE, StudyRequest, load_study, run_worker, trial_budget, trial_output
@@ -70,7 +71,9 @@ def start_study(config: RunConfig, state_dir: str | Path, fresh: bool = False) -
     if fresh:
         _delete_study(config, folder, name)
     _, cache = prepare_data(config, folder / "data")
-    request = StudyRequest(config=section_payload(config), cache_dir=str(cache), study_dir=str(folder),
+    # study.json is a file in the state directory: credentials in the tracking URI stay out (the refit registers
+    # from the config in memory; trials do not register).
+    request = StudyRequest(config=redact(section_payload(config)), cache_dir=str(cache), study_dir=str(folder),
                            study_name=name, seed=tune.seed if tune.seed is not None else config.seed)
     atomic_write_json(folder / STUDY_FILE, request.model_dump(mode="json"))
     return request

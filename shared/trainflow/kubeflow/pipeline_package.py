@@ -40,6 +40,12 @@ def compile_pipeline_package(config: Any, pipeline: str, output: Path) -> Path:
 
     if pipeline not in PIPELINES:
         raise UserFacingError(f"unknown pipeline '{pipeline}'; choose one of: {', '.join(PIPELINES)}")
+    from trainflow.redaction import has_credentials
+
+    if has_credentials(config.registration.tracking_uri):  # a compiled pipeline is a file anyone with the UI reads
+        raise UserFacingError("register.tracking_uri carries credentials, which a compiled pipeline would hold in "
+                              "plain text; write the URI without them and put MLFLOW_TRACKING_USERNAME/PASSWORD (or "
+                              "MLFLOW_TRACKING_TOKEN) in the Secret named by platform.mlflow_secret")
     module_name, function_name = PIPELINES[pipeline]
     try:
         module = importlib.import_module(module_name)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from trainflow.redaction import redact_text
+
 LOCAL_STATE_DIR = ".trainflow"
 
 
@@ -36,5 +38,5 @@ def flatten_params(payload: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[name] = str(value)[:6000]  # MLflow's param value limit
+            flat[name] = redact_text(str(value))[:6000]  # MLflow's param value limit
     return flat

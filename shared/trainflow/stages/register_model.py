@@ -9,6 +9,7 @@ from trainflow.atomic_files import atomic_write_text
 from trainflow.config import RegisterConfig, parse_section
 from trainflow.registry.tracking import default_tracking_uri, ensure_experiment, flatten_params
 from trainflow.registry.gates import ChampionEvidence, failed_gates
+from trainflow.redaction import redact, redact_text, uri_with_environment_credentials
 
 
 def register_model(
@@ -34,7 +35,8 @@ def register_model(
     with timed_stage("register_model", report):
         numbers = {k: float(v) for k, v in {**eval_metrics, **score_metrics}.items() if not k.startswith("stage")
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        tracking_uri = cfg.tracking_uri or default_tracking_uri()
+        # The client may need the credentials (a database URI); everything recorded gets the redacted URI.
+        tracking_uri = uri_with_environment_credentials(cfg.tracking_uri or default_tracking_uri())
         mlflow.set_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         evidence = champion_evidence(cfg, client, tracking_uri, task, predictions_dir, cache_dir, seed)
@@ -51,7 +53,8 @@ def register_model(
         version = None if reasons else _register_version(client, cfg, run_id, model_info, dataset_hash, run_name)
         outcome = {
             "registered": version is not None, "model_name": cfg.model_name, "model_version": version,
-            "reasons": reasons, "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "dataset_sha256": dataset_hash,
+            "reasons": redact(reasons), "mlflow_run_id": run_id, "tracking_uri": redact_text(tracking_uri),
+            "dataset_sha256": dataset_hash,
             "champion_alias": cfg.champion_alias, "champion_version": evidence.version if evidence else None,
         }
         report.metadata.update(outcome)
@@ -74,7 +77,7 @@ def _record_run(client, cfg: RegisterConfig, tracking_uri: str, run_name: str, p
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(flatten_params(params))
         mlflow.log_metrics(metrics)
-        mlflow.set_tags(tags)
+        mlflow.set_tags(redact(tags))
         return run.info.run_id, log_served_model(task, model_dir)
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import signal
 import sys
 import time
+import traceback
 from typing import Any, Callable
 
 from trainflow.errors import UserFacingError
 from trainflow.exit_codes import CANCELLED_EXIT_CODE, USER_ERROR_EXIT_CODE
+from trainflow.redaction import redact_text
 
 
 
@@ -26,7 +28,9 @@ def _stop_on_sigterm(signum: int, _frame: Any) -> None:
 def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
     """Call `stage(**kwargs)`; on UserFacingError print `trainflow: <stage> failed: <message>` and exit 2.
 
-    Returns what the stage returns. SIGTERM while it runs raises SystemExit(143) in the stage.
+    Returns what the stage returns. SIGTERM while it runs raises SystemExit(143) in the stage. Any other
+    exception keeps its traceback; one that shows credentials (a URI's user:password) is printed masked
+    and exits 1. User errors are masked the same way (trainflow.redaction).
     With TRAINFLOW_PUSHGATEWAY set, the stage's duration and outcome are pushed when it ends
     (trainflow.stages.outcome_metrics; a Pushgateway outage is one warning line, never a failure).
     """
@@ -41,11 +45,17 @@ def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
         return result
     except UserFacingError as exc:
         outcome = "user_error"
-        print(f"trainflow: {stage.__name__} failed: {exc}", file=sys.stderr, flush=True)
+        print(f"trainflow: {stage.__name__} failed: {redact_text(str(exc))}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
     except SystemExit as exc:
         outcome = "cancelled" if exc.code == CANCELLED_EXIT_CODE else "failed"
         raise
+    except Exception:  # a bug or an infrastructure failure: Python prints its traceback, unless credentials are in it
+        shown = traceback.format_exc()
+        if redact_text(shown) == shown:
+            raise
+        print(redact_text(shown), file=sys.stderr, end="", flush=True)
+        raise SystemExit(1) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
