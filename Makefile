@@ -41,9 +41,10 @@ demo-assets: setup
 
 # The naive per-item PIL loader vs the cache loader vs a raw read of the cache, and streaming memory at
 # 1x and 10x the data (README: Data loading); a few minutes on 2 cores.
+# Every bench takes --smoke (tiny sizes, a few steps; tests/test_benchmarks.py runs each): BENCH_DATA_ARGS=--smoke.
 .PHONY: bench-data
 bench-data: setup
-	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_data.py $(BENCH_DATA_ARGS)
 
 # The training engine's speed beside a bare UNet loop and a per-step-encode loop (README: Benchmarks);
 # options: make bench-train BENCH_TRAIN_ARGS="--steps 200" (see benchmarks/bench_train.py --help).
