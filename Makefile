@@ -57,6 +57,13 @@ bench-train: setup
 bench-eval: setup
 	$(BIN)/python benchmarks/bench_eval.py $(BENCH_EVAL_ARGS)
 
+# Faults injected into real local runs (README: Faults and preemption): 20 seeded SIGKILL/SIGTERM kills of the
+# diabetes regression and demo pipelines, a full disk during a checkpoint write, the MLflow server stopped during
+# registration; each must end as an uninterrupted run does. Options: CHAOS_ARGS="--seed 1" or "--smoke".
+.PHONY: chaos
+chaos: setup
+	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
+
 # Both images from the same constraints.txt; the repository root is the build context.
 images:
 	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
