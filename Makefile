@@ -41,9 +41,10 @@ demo-assets: setup
 
 # The naive per-item PIL loader vs the cache loader vs a raw read of the cache, and streaming memory at
 # 1x and 10x the data (README: Data loading); a few minutes on 2 cores.
+# Every bench takes --smoke (tiny sizes, a few steps; tests/test_benchmarks.py runs each): BENCH_DATA_ARGS=--smoke.
 .PHONY: bench-data
 bench-data: setup
-	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_data.py $(BENCH_DATA_ARGS)
 
 # The training engine's speed beside a bare UNet loop and a per-step-encode loop (README: Benchmarks);
 # options: make bench-train BENCH_TRAIN_ARGS="--steps 200" (see benchmarks/bench_train.py --help).
@@ -61,6 +62,13 @@ bench-eval: setup
 .PHONY: bench-tune
 bench-tune: setup
 	$(BIN)/python benchmarks/bench_tune.py $(BENCH_TUNE_ARGS)
+
+# Faults injected into real local runs (README: Faults and preemption): 20 seeded SIGKILL/SIGTERM kills of the
+# diabetes regression and demo pipelines, a full disk during a checkpoint write, the MLflow server stopped during
+# registration; each must end as an uninterrupted run does. Options: CHAOS_ARGS="--seed 1" or "--smoke".
+.PHONY: chaos
+chaos: setup
+	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
 
 # Both images from the same constraints.txt; the repository root is the build context.
 images:

@@ -4,7 +4,8 @@ and streaming memory at 1× and 10× the data, on this machine.
 Data: scikit-learn's 1,797 digits (real scans), upscaled to 64×64 RGB PNGs, written
 as an ingest_split Dataset artifact; the supervised cache is built from it by
 trainflow's own cache builder. The 10× set lists every digit ten times (the cache
-then holds ten times the decoded bytes; the PNGs are shared).
+then holds ten times the decoded bytes; its folder holds each PNG once, since a manifest
+may only name images inside its dataset folder).
 
     naive     a torch Dataset that opens each PNG with PIL, converts and resizes it to 64×64
               per item, then a DataLoader with batch_size 64 and default collate
@@ -15,7 +16,8 @@ then holds ten times the decoded bytes; the PNGs are shared).
               1× vs 10×, sampled after every batch; eager mode beside it for contrast
 
 Throughputs are the median of several passes, one thread, no workers (the machine
-is shared; this measures per-core cost). Last line:
+is shared; this measures per-core cost). --smoke runs the same steps on 256 digits, 2× instead
+of 10×, one pass (seconds; the test suite runs it so that a refactor cannot break the bench). Last line:
     bench-data: cache/naive=X.X cache/raw=Y.YY streaming_rss_10x/1x=Z.ZZ
 """
 
@@ -47,21 +49,23 @@ SIZE = 64
 BATCH = 64
 
 
-def write_artifact(folder: Path, repeats: int, pngs: Path) -> Path:
-    """A Dataset artifact of the digits × repeats, all in train (one record each in val and test)."""
+def write_artifact(folder: Path, repeats: int, records: int | None = None) -> Path:
+    """A Dataset artifact of the first `records` digits (all by default) × repeats, all in train (one record each
+    in val and test)."""
     digits = load_digits()
-    folder.mkdir(parents=True, exist_ok=True)
+    count = min(records or len(digits.images), len(digits.images))
+    pngs = folder / "images"
     pngs.mkdir(parents=True, exist_ok=True)
     rows = []
-    for number in range(len(digits.images) * repeats):
-        source = number % len(digits.images)
+    for number in range(count * repeats):
+        source = number % count
         png = pngs / f"{source}.png"
         if not png.is_file():
             pixels = (digits.images[source] / 16 * 255).astype(np.uint8)
             Image.fromarray(pixels).resize((SIZE, SIZE), Image.BILINEAR).convert("RGB").save(png)
         split = "val" if number == 0 else "test" if number == 1 else "train"
         rows.append({"id": f"digit-{number:06d}", "split": split, "sha256": hashlib.sha256(f"{number}".encode()).hexdigest(),
-                     "image": str(Path("..") / png.relative_to(folder.parent)), "label": int(digits.target[source])})
+                     "image": png.relative_to(folder).as_posix(), "label": int(digits.target[source])})
     (folder / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     (folder / "dataset.json").write_text(json.dumps({"task": "classification", "kind": "image", "resolution": SIZE,
                                                      "class_names": [str(d) for d in range(10)]}), encoding="utf-8")
@@ -149,29 +153,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passes", type=int, default=3, help="passes per throughput (median reported)")
     parser.add_argument("--work-dir", help="keep the data here (default: a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="256 digits, 2x instead of 10x, one pass: checks the "
+                                                             "bench runs, measures nothing worth quoting")
     args = parser.parse_args()
+    if args.passes < 1:
+        parser.error("--passes must be at least 1")
+    records, scale = (256, 2) if args.smoke else (None, 10)
+    passes = 1 if args.smoke else args.passes
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as temporary:
         root = Path(args.work_dir or temporary)
         started = time.perf_counter()
-        one = write_artifact(root / "dataset-1x", 1, root / "png")
-        ten = write_artifact(root / "dataset-10x", 10, root / "png")
+        one = write_artifact(root / "dataset-1x", 1, records)
+        ten = write_artifact(root / "dataset-10x", scale, records)
         settings = CacheConfig(shard_records=2048)
         cache_1x = Path(build_supervised_cache(one, root / "cache-1x", settings)["cache_location"])
         built = time.perf_counter()
         cache_10x = Path(build_supervised_cache(ten, root / "cache-10x", settings)["cache_location"])
         print(f"data: {len(NaivePngDataset(one))} train records of {SIZE}x{SIZE}; cache 1x built in {built - started:.1f} s, "
-              f"10x in {time.perf_counter() - built:.1f} s", flush=True)
+              f"{scale}x in {time.perf_counter() - built:.1f} s", flush=True)
 
-        naive = records_per_second(lambda: naive_pass(NaivePngDataset(one)), args.passes)
+        naive = records_per_second(lambda: naive_pass(NaivePngDataset(one)), passes)
         opened = time.perf_counter()
         plan = EpochPlan(SupervisedCache(cache_1x, "train"), ProcessInfo(), 0, BATCH)
         open_seconds = time.perf_counter() - opened
         epoch = [0]
-        cache = records_per_second(lambda: cache_pass(plan, epoch), args.passes * 3)
-        raw = records_per_second(lambda: raw_pass(cache_1x), args.passes * 3)
-        rss = {(mode, scale): peak_rss_mb(folder, mode) for mode in ("streaming", "eager")
-               for scale, folder in (("1x", cache_1x), ("10x", cache_10x))}
+        cache = records_per_second(lambda: cache_pass(plan, epoch), passes * 3)
+        raw = records_per_second(lambda: raw_pass(cache_1x), passes * 3)
+        rss = {(mode, size): peak_rss_mb(folder, mode) for mode in ("streaming", "eager")
+               for size, folder in (("1x", cache_1x), (f"{scale}x", cache_10x))}
 
     print(f"\n| loader ({len(plan.dataset)} records, {SIZE}x{SIZE} RGB, batch {BATCH}, 1 thread) | records/s |")
     print("|---|---|")
@@ -180,10 +190,10 @@ def main() -> None:
     print(f"| raw sequential h5py read of the cache file | {raw:,.0f} |")
     print("\n| mode | data | records | peak RSS MiB | growth over the RSS after imports, MiB |")
     print("|---|---|---|---|---|")
-    for (mode, scale), (peak, baseline, count) in rss.items():
-        print(f"| {mode} | {scale} | {count:,} | {peak:.0f} | {peak - baseline:.0f} |")
-    ratio_rss = rss[("streaming", "10x")][0] / rss[("streaming", "1x")][0]
-    print(f"\nbench-data: cache/naive={cache / naive:.1f} cache/raw={cache / raw:.2f} streaming_rss_10x/1x={ratio_rss:.2f}")
+    for (mode, size), (peak, baseline, count) in rss.items():
+        print(f"| {mode} | {size} | {count:,} | {peak:.0f} | {peak - baseline:.0f} |")
+    ratio_rss = rss[("streaming", f"{scale}x")][0] / rss[("streaming", "1x")][0]
+    print(f"\nbench-data: cache/naive={cache / naive:.1f} cache/raw={cache / raw:.2f} streaming_rss_{scale}x/1x={ratio_rss:.2f}")
 
 
 if __name__ == "__main__":

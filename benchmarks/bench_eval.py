@@ -12,7 +12,9 @@ Each tool runs as its own subprocess with its default settings (batches of 50, 2
 own loader workers), one after the other, --rounds times alternating; wall and CPU seconds (the
 subprocess and its loader workers) are reported. On a shared machine wall time follows the load,
 so compare rounds run side by side. --exact adds the exact FID of the same features (cross-Gram
-SVD, no d x d square root) to show which tool is nearer. Last line:
+SVD, no d x d square root) to show which tool is nearer. --smoke runs both tools on 20 vs 20 images with
+64-d features and no loader workers, after calibrating the stand-in weights on 4 images (the test suite runs
+it so that a refactor cannot break the bench; its numbers mean nothing). Last line:
     bench-eval: fid_rel_diff=X ours/pytorch_fid_time=Y.YY
 with the wall-time ratio of the fastest round of each.
 """
@@ -67,9 +69,10 @@ def write_digit_sets(root: Path, per_set: int, seed: int = 0) -> tuple[Path, Pat
     return folders[0], folders[1]
 
 
-def write_weights(torch_home: Path) -> Path:
+def write_weights(torch_home: Path, calibration: int = 16) -> Path:
+    """The stand-in weights, BatchNorm statistics from the last `calibration` digits and their inverted copies."""
     images, _ = digits_as_images()
-    digits = torch.from_numpy(np.stack([np.asarray(i) for i in images[-16:]])).permute(0, 3, 1, 2).float() / 255
+    digits = torch.from_numpy(np.stack([np.asarray(i) for i in images[-calibration:]])).permute(0, 3, 1, 2).float() / 255
     return write_stand_in_inception_weights(torch_home / "hub" / "checkpoints" / FID_INCEPTION_FILE, torch.cat([digits, 1 - digits]), seed=0)
 
 
@@ -84,15 +87,15 @@ def timed(command: list[str], env: dict[str, str]) -> dict:
     return {"wall": wall, "cpu": cpu, "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
 
 
-def run_ours(a: Path, b: Path, env: dict[str, str], work: Path) -> dict:
+def run_ours(a: Path, b: Path, env: dict[str, str], work: Path, options: list[str]) -> dict:
     out = work / "ours.json"
-    run = timed([sys.executable, "-m", "trainflow", "fid", str(a), str(b), "--json", str(out)], env)
+    run = timed([sys.executable, "-m", "trainflow", "fid", str(a), str(b), "--json", str(out), *options], env)
     run["fid"] = json.loads(out.read_text())["fid"] if run["returncode"] == 0 else math.nan
     return run
 
 
-def run_pytorch_fid(a: Path, b: Path, env: dict[str, str]) -> dict:
-    run = timed([sys.executable, "-c", PYTORCH_FID_SAFE_LOAD, str(a), str(b)], env)
+def run_pytorch_fid(a: Path, b: Path, env: dict[str, str], options: list[str]) -> dict:
+    run = timed([sys.executable, "-c", PYTORCH_FID_SAFE_LOAD, str(a), str(b), *options], env)
     match = re.search(r"^FID:\s+(\S+)\s*$", run["stdout"], flags=re.MULTILINE)
     run["fid"] = float(match.group(1)) if run["returncode"] == 0 and match else math.nan
     return run
@@ -130,20 +133,27 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2000, help="images per set (default: 2000)")
     parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each tool (default: 1)")
     parser.add_argument("--exact", action="store_true", help="also compute the exact FID of the same features (cross-Gram SVD) as a referee")
+    parser.add_argument("--smoke", action="store_true", help="20 images per set, one round: checks the bench runs")
     args = parser.parse_args()
+    dims = 2048
+    if args.smoke:
+        args.images, args.rounds, args.exact, dims = 20, 1, False, 64
+    if args.images < 2 or args.rounds < 1:
+        parser.error("--images must be at least 2 (a covariance needs two) and --rounds at least 1")
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         work = Path(tmp)
         a, b = write_digit_sets(work / "images", args.images)
-        write_weights(work / "torch-home")
+        write_weights(work / "torch-home", calibration=2 if args.smoke else 16)
         env = {**os.environ, "TORCH_HOME": str(work / "torch-home"), "PYTHONUNBUFFERED": "1"}
+        options = ["--dims", str(dims), "--num-workers", "0"] if args.smoke else []
         runs: dict[str, list[dict]] = {"trainflow fid": [], "python -m pytorch_fid": []}
         for _ in range(args.rounds):
-            runs["trainflow fid"].append(run_ours(a, b, env, work))
-            runs["python -m pytorch_fid"].append(run_pytorch_fid(a, b, env))
+            runs["trainflow fid"].append(run_ours(a, b, env, work, options))
+            runs["python -m pytorch_fid"].append(run_pytorch_fid(a, b, env, options))
         exact = exact_fid(a, b, work / "torch-home" / "hub" / "checkpoints" / FID_INCEPTION_FILE) if args.exact else None
 
-    print(f"FID of {args.images} vs {args.images} digit images, 2048-d InceptionV3 (stand-in weights), "
+    print(f"FID of {args.images} vs {args.images} digit images, {dims}-d InceptionV3 (stand-in weights), "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"{'tool':<24}{'round':>6}{'wall s':>10}{'CPU s':>10}  FID")
     for tool, tool_runs in runs.items():

@@ -82,7 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="afterwards, run `ours` again under cProfile and print its N most expensive functions")
     parser.add_argument("--verbose", action="store_true", help="show the stages' and the engine's own output")
+    parser.add_argument("--smoke", action="store_true",
+                        help="3 timed steps after 1 warm-up on 64 records: checks the bench runs (the test suite runs it)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup_steps, args.records = 3, 1, 64
     args.batch_size = args.batch_size or (8 if args.unet == "sd15" else 16)
     args.resolution = args.resolution or (512 if args.unet == "sd15" else 32)
     return args
@@ -278,7 +282,7 @@ def per_step_encode_step(load: Workload):
     """step(i) that encodes the batch's pixels (VAE) and captions (text encoder), then runs the same UNet step."""
     from trainflow.data.manifest import read_manifest
     from trainflow.diffusion.model_loading import load_pipeline_parts, tokenize_captions
-    from trainflow.stages.build_cache import load_images
+    from trainflow.data.cache.latent_cache_build import load_images
 
     entries = read_manifest(load.dataset, "train")
     parts = load_pipeline_parts(load.base)

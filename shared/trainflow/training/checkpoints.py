@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import re
@@ -178,14 +179,27 @@ class CheckpointStore:
         self.total_limit = total_limit
 
     def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], metric: float | None) -> Path:
-        """Write checkpoint `step` atomically, then prune; returns its folder."""
+        """Write checkpoint `step` atomically, then prune; returns its folder.
+
+        A full disk (or quota) is a UserFacingError naming the folder and the previous checkpoint, which the
+        atomic write leaves intact; the half-written one is removed.
+        """
         target = self.root / f"step-{step:09d}"
-        with atomic_directory(target) as staging:
-            for stem, named in tensors.items():
-                save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(staging / f"{stem}.safetensors"))
-            payload = {**state, "step": step, "metric": metric}
-            (staging / STATE_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            seal(staging, step, metric)
+        try:
+            with atomic_directory(target) as staging:
+                for stem, named in tensors.items():
+                    save_file({k: v.detach().contiguous().cpu() for k, v in named.items()}, str(staging / f"{stem}.safetensors"))
+                payload = {**state, "step": step, "metric": metric}
+                (staging / STATE_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+                seal(staging, step, metric)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            kept = [r.path.name for r in self.records()]
+            raise UserFacingError(
+                f"no space left on the device holding {self.root} while writing checkpoint {target.name}; the previous "
+                f"checkpoint ({kept[-1] if kept else 'none yet'}) is intact. Free space there and re-run: training "
+                "resumes from it") from None
         self.prune()
         return target
 
