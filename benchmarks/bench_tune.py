@@ -101,7 +101,7 @@ def run_strategy(payload: dict[str, Any], cache: Path, root: Path, strategy: str
     Path(request.study_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(request.study_dir) / "trials.log", "w", encoding="utf-8") as lines, \
             contextlib.redirect_stdout(lines), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's grid sampler warns about float round-off at a range's end
+        warnings.simplefilter("ignore")  # optuna warnings (experimental features) would cut into the bench lines
         run_worker(request)
     study, _ = load_study(request)
     (metric, direction), = objective_directions(config.tune, config.train.early_stopping.monitor)
