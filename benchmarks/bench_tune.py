@@ -79,9 +79,8 @@ def strategy_tune(payload: dict[str, Any], strategy: str, trials: int, seed: int
     # would be random search's own first trials, and the two results would not be independent).
     tune = {**payload["tune"], "trials": trials, "seed": 1000 * STRATEGIES.index(strategy) + seed,
             "study_name": f"{strategy}-seed{seed}"}
-    if strategy == "tpe_pruned":  # four trials finish before any is pruned, and none in its first quarter
-        warmup = max(1, payload["train"]["max_epochs"] // 4)
-        tune.update({"sampler": "tpe", "pruner": "median", "pruner_startup_trials": 4, "pruner_warmup_steps": warmup})
+    if strategy == "tpe_pruned":  # four trials finish before any is pruned; then a trial can stop at its first validation
+        tune.update({"sampler": "tpe", "pruner": "median", "pruner_startup_trials": 4, "pruner_warmup_steps": 0})
     else:
         tune.update({"sampler": strategy, "pruner": "none"})
     return tune
