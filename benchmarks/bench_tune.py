@@ -79,9 +79,8 @@ def strategy_tune(payload: dict[str, Any], strategy: str, trials: int, seed: int
     # would be random search's own first trials, and the two results would not be independent).
     tune = {**payload["tune"], "trials": trials, "seed": 1000 * STRATEGIES.index(strategy) + seed,
             "study_name": f"{strategy}-seed{seed}"}
-    if strategy == "tpe_pruned":  # four trials finish before any is pruned, and none in its first quarter
-        warmup = max(1, payload["train"]["max_epochs"] // 4)
-        tune.update({"sampler": "tpe", "pruner": "median", "pruner_startup_trials": 4, "pruner_warmup_steps": warmup})
+    if strategy == "tpe_pruned":  # four trials finish before any is pruned; then a trial can stop at its first validation
+        tune.update({"sampler": "tpe", "pruner": "median", "pruner_startup_trials": 4, "pruner_warmup_steps": 0})
     else:
         tune.update({"sampler": strategy, "pruner": "none"})
     return tune
@@ -101,7 +100,7 @@ def run_strategy(payload: dict[str, Any], cache: Path, root: Path, strategy: str
     Path(request.study_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(request.study_dir) / "trials.log", "w", encoding="utf-8") as lines, \
             contextlib.redirect_stdout(lines), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna's grid sampler warns about float round-off at a range's end
+        warnings.simplefilter("ignore")  # optuna warnings (experimental features) would cut into the bench lines
         run_worker(request)
     study, _ = load_study(request)
     (metric, direction), = objective_directions(config.tune, config.train.early_stopping.monitor)

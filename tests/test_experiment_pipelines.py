@@ -66,3 +66,45 @@ def test_the_cross_validation_pipeline_fans_folds_out_with_the_configured_parall
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     fold = executors[executor_of(spec, "cross-validation-fold")]
     assert "/workspace" in [m["mountPath"] for m in fold["pvcMount"]]
+
+
+def consumers_of(spec: dict, producer: str) -> set[str]:
+    """The root DAG's tasks that read an artifact of `producer`."""
+    out = set()
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        for artifact in task.get("inputs", {}).get("artifacts", {}).values():
+            if artifact.get("taskOutputArtifact", {}).get("producerTask") == producer:
+                out.add(name)
+    return out
+
+
+def test_a_train_val_refit_trains_evaluates_and_registers_on_its_own_cache_in_the_tuning_pipeline(tmp_path):
+    tune = {"params": {"train.optimizer.learning_rate": {"float": [1e-4, 1e-2], "log": True}}, "workers": 2}
+    outputs = {}
+    for refit in ("train", "train_val"):
+        config = write_config(tmp_path, platform={}, tune={**tune, "refit": refit})
+        outputs[refit] = tmp_path / f"{refit}.yaml"
+        assert main(["tune", "--config", str(config), "--compile", str(outputs[refit])]) == 0
+    plain, _ = compiled(outputs["train"])
+    spec, _ = compiled(outputs["train_val"])
+    assert "refit-cache" in spec["root"]["dag"]["tasks"] and "refit-cache" not in plain["root"]["dag"]["tasks"]
+    assert consumers_of(spec, "refit-cache") == {"train", "evaluate", "register-model"}
+    assert not consumers_of(spec, "build-cache") & {"train", "evaluate", "register-model"}  # the study's cache: trials only
+    assert consumers_of(plain, "build-cache") >= {"train", "evaluate", "register-model"}
+
+
+def test_the_refit_cache_puts_every_val_record_in_train_and_keeps_the_test_records(tmp_path):
+    from trainflow.artifacts import LocalArtifact
+    from trainflow.stages.ingest_split import ingest_split
+    from trainflow.stages.tuning import refit_cache
+
+    ingest = {"sklearn_dataset": "diabetes", "split": {"train": 0.7, "val": 0.15, "test": 0.15}}
+    facts = ingest_split(ingest, 0, LocalArtifact(str(tmp_path / "dataset")), LocalArtifact(str(tmp_path / "r.md")),
+                         task="regression")
+    cache = LocalArtifact(str(tmp_path / "cache"))
+    refit_cache(str(tmp_path / "dataset"), {"architecture": "mlp"}, {}, "regression", cache)
+    counts = {k: v for k, v in cache.metadata.items() if k.startswith("refit_")}
+    assert counts["refit_train_records"] == facts["num_train"] + facts["num_val"]
+    assert counts["refit_val_records"] == facts["num_val"] and counts["refit_test_records"] == facts["num_test"]
+    assert (tmp_path / "cache" / "supervised.h5").is_file()
+    assert not list(tmp_path.glob("refit-dataset-*"))

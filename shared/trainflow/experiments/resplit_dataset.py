@@ -43,3 +43,11 @@ def write_resplit_dataset(source_dir: str | Path, output_dir: str | Path, splits
             if (source / name).is_dir():
                 os.symlink(source / name, staging / name, target_is_directory=True)
     return counts
+
+
+def write_train_val_refit_dataset(source_dir: str | Path, output_dir: str | Path) -> dict[str, int]:
+    """The ingest output with every val record also in train (tune.refit: train_val); test stays test."""
+    from trainflow.data.manifest import read_manifest
+
+    moves = {"train": ["train"], "val": ["train", "val"], "test": ["test"]}
+    return write_resplit_dataset(source_dir, output_dir, {e.record_id: moves[e.split] for e in read_manifest(source_dir)})

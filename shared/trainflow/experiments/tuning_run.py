@@ -126,17 +126,13 @@ def refit_config(config: RunConfig, best: dict[str, Any]) -> RunConfig:
 def _refit_cache(config: RunConfig, request: StudyRequest, folder: Path) -> Path:
     if config.tune is None or config.tune.refit == "train":
         return Path(request.cache_dir)
-    from trainflow.data.manifest import read_manifest
-    from trainflow.experiments.resplit_dataset import write_resplit_dataset
+    from trainflow.experiments.resplit_dataset import write_train_val_refit_dataset
     from trainflow.stages.build_cache import build_cache
 
     dataset = Path(request.study_dir) / "data" / "dataset"
     cache = folder / "cache"
     if not (cache / "supervised.h5").is_file() and not (cache / "latents.h5").is_file():
-        splits: dict[str, list[str]] = {}
-        for entry in read_manifest(dataset):
-            splits[entry.record_id] = {"train": ["train"], "val": ["train", "val"], "test": ["test"]}[entry.split]
-        write_resplit_dataset(dataset, folder / "dataset", splits)
+        write_train_val_refit_dataset(dataset, folder / "dataset")
         build_cache(str(folder / "dataset"), section_payload(config.model), section_payload(config.cache),
                     LocalArtifact(str(cache)), task=config.task)
     return cache

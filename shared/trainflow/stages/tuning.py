@@ -1,4 +1,5 @@
-"""Tuning stages for the cluster pipeline: one trial worker, and the study's summary with the best configuration.
+"""Tuning stages for the cluster pipeline: one trial worker, the study's summary with the refit's configuration,
+and (tune.refit: train_val) the cache the refit trains on.
 
 The study lives under `<study_root>/tuning/<study name>/` (the workspace PVC on a cluster), so every worker of
 the ParallelFor, a retried worker, and a re-submitted run of the same config find the same journal and trial
@@ -13,7 +14,7 @@ from typing import Any
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_json
 from trainflow.config import RunConfig, parse_section, section_payload
-from trainflow.config.tuning import apply_params, objective_directions
+from trainflow.config.tuning import objective_directions
 from trainflow.errors import ConfigError
 
 
@@ -64,6 +65,25 @@ def tune_summary(cache_dir: str, run_config: dict[str, Any], study_root: str, re
         metrics.metadata.update({f"best_{k}": v for k, v in best["values"].items()})
         metrics.metadata.update({"best_trial": best["number"], "trials_complete": summary["counts"]["complete"],
                                  "trials_pruned": summary["counts"]["pruned"], "trials_failed": summary["counts"]["fail"]})
-    final = parse_section(RunConfig, {k: v for k, v in apply_params(section_payload(config), best["params"]).items()
-                                      if k != "tune"}, "the best trial's configuration")
+    from trainflow.experiments.tuning_run import refit_config
+
+    final = refit_config(config, best)  # tune.refit train_val: the best trial's epochs, no stopping on val
     return {"model_config": section_payload(final.model), "train_config": section_payload(final.train)}
+
+
+def refit_cache(dataset_dir: str, model_config: dict[str, Any], cache_config: dict[str, Any], task: str,
+                cache: ArtifactLike) -> None:
+    """tune.refit train_val: the cache the refit trains on, with every val record also in train (test unchanged).
+
+    The re-split dataset links the ingest output's images, so it is built and read here, in one pod; only the
+    cache (self-contained) leaves as the artifact.
+    """
+    import tempfile
+
+    from trainflow.experiments.resplit_dataset import write_train_val_refit_dataset
+    from trainflow.stages.build_cache import build_cache
+
+    with tempfile.TemporaryDirectory(prefix="refit-dataset-") as scratch:
+        counts = write_train_val_refit_dataset(dataset_dir, Path(scratch) / "dataset")
+        build_cache(str(Path(scratch) / "dataset"), model_config, cache_config, cache, task=task)
+    cache.metadata.update({f"refit_{split}_records": n for split, n in counts.items()})
