@@ -22,7 +22,7 @@ from trainflow.config import CacheConfig, IngestConfig, ModelConfig, RunConfig, 
 from trainflow.config.data_loading import TransformsConfig
 from trainflow.config.text_encoder import TextEncoderConfig
 from trainflow.config.training import DiffusionTrainingConfig
-from trainflow.errors import ConfigError, UserFacingError
+from trainflow.errors import UserFacingError
 from trainflow.tasks.definition import MetricFunction, MetricSpec, RecordNeeds, Reference, TaskDefinition, TestRequest
 
 TFIDF_BASELINE = Reference("TF-IDF + LogisticRegression (same split)", "baseline_tfidf_")
@@ -176,24 +176,15 @@ class TextClassificationDefinition(TaskDefinition):
 
     def check_local_files(self, config: RunConfig) -> None:
         """The tokenizer must belong to the encoder, and max_length fit its position embeddings."""
-        from trainflow.data.cache.text_tokenizers import (
-            check_tokenizer_fits, load_tokenizer, max_positions, resolve_model_folder,
-        )
+        from trainflow.data.cache.text_tokenizers import load_tokenizer, resolve_model_folder
+        from trainflow.data.cache.token_cache import cache_tokenizer
 
         text_cfg = text_encoder_config(config.model)
         if not text_cfg.pretrained:
             if text_cfg.tokenizer:  # a built encoder takes its vocabulary size from the tokenizer
                 load_tokenizer(resolve_model_folder(text_cfg.tokenizer, "model.text_encoder.tokenizer"), "model.text_encoder.tokenizer")
             return
-        folder = resolve_model_folder(text_cfg.pretrained, "model.text_encoder.pretrained")
-        positions = max_positions(folder)
-        if positions is not None and text_cfg.max_length > positions:
-            raise ConfigError(f"model.text_encoder.max_length: {text_cfg.max_length} tokens, but the encoder in {folder} "
-                              f"reads at most {positions}; lower max_length")
-        if text_cfg.tokenizer:
-            tokenizer = load_tokenizer(resolve_model_folder(text_cfg.tokenizer, "model.text_encoder.tokenizer"),
-                                       "model.text_encoder.tokenizer")
-            check_tokenizer_fits(tokenizer, folder, "model.text_encoder.tokenizer")
+        cache_tokenizer(text_cfg, [])  # the same checks build_cache makes, before anything runs
 
     # ------------------------------------------------------------ data and training
     def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: ModelConfig, cache_cfg: CacheConfig) -> dict[str, Any]:

@@ -28,10 +28,10 @@ from torch.utils.data import Dataset
 from trainflow.atomic_files import atomic_directory
 from trainflow.config.text_encoder import TextEncoderConfig
 from trainflow.data.cache.text_tokenizers import (
-    check_tokenizer_fits, load_tokenizer, resolve_model_folder, train_wordpiece,
+    check_tokenizer_fits, load_tokenizer, max_positions, resolve_model_folder, train_wordpiece,
 )
 from trainflow.data.manifest import SPLITS, manifest_sha256, read_dataset_info, read_manifest
-from trainflow.errors import UserFacingError
+from trainflow.errors import ConfigError, UserFacingError
 
 TOKEN_CACHE_FILE = "tokens.h5"
 TOKENIZER_FOLDER = "tokenizer"
@@ -40,6 +40,12 @@ CACHE_FORMAT = "trainflow-token-cache"
 
 def cache_tokenizer(text_cfg: TextEncoderConfig, train_texts: list[str]) -> tuple[Any, str]:
     """(tokenizer, where it came from): the configured folder, the pretrained encoder's, or one trained on `train_texts`."""
+    if text_cfg.pretrained:  # checked again here: a config edited in the Kubeflow UI skips the load-time checks
+        encoder = resolve_model_folder(text_cfg.pretrained, "model.text_encoder.pretrained")
+        positions = max_positions(encoder)
+        if positions is not None and text_cfg.max_length > positions:
+            raise ConfigError(f"model.text_encoder.max_length: {text_cfg.max_length} tokens, but the encoder in {encoder} "
+                              f"reads at most {positions}; lower max_length")
     if text_cfg.tokenizer:
         folder = resolve_model_folder(text_cfg.tokenizer, "model.text_encoder.tokenizer")
         tokenizer = load_tokenizer(folder, "model.text_encoder.tokenizer")
