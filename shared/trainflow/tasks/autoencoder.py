@@ -64,7 +64,7 @@ class AutoencoderTraining:
                                   "so ingest an image source")
         self.class_names = list(self.info.get("class_names") or [])
         self.anomaly = anomaly_index(self.options.anomaly_class, self.class_names)
-        self.resolution = (self.transforms.resize if self.transforms.resize else None) or self.info["resolution"]
+        self.resolution = self.transforms.resize or self.info["resolution"]
         self._train = self._normal_records(SupervisedCache(cache_dir, "train", self.transforms, self.loading, seed))
 
     def _normal_records(self, split):

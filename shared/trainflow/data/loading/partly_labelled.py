@@ -12,7 +12,6 @@ the key, so a resumed run or another worker reads exactly the same batch.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -30,13 +29,18 @@ class PartlyLabelledBatches(Dataset):
     def __init__(self, split: Any, labelled: list[int], unlabelled: list[int], ratio: int, seed: int) -> None:
         self.split, self.labelled, self.unlabelled = split, list(labelled), list(unlabelled)
         self.ratio, self.seed = ratio, seed
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.labelled)
 
-    @lru_cache(maxsize=2)
     def _order(self, seed: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng([seed, epoch, 7]).permutation(len(self.unlabelled))
+        """The unlabelled records' order in `epoch` (kept for the epochs in use, a worker sees one or two)."""
+        if (seed, epoch) not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[(seed, epoch)] = np.random.default_rng([seed, epoch, 7]).permutation(len(self.unlabelled))
+        return self._orders[(seed, epoch)]
 
     def __getitems__(self, keys: list) -> RecordBatch:
         keys = as_sample_keys(keys, self.seed)
