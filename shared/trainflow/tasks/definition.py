@@ -124,6 +124,8 @@ class TaskDefinition(abc.ABC):
         Stages call it with the sections they receive, so a config edited in the Kubeflow UI fails like a local one.
         """
         if train is not None:
+            if train.validation_prompts is not None and not self.generates_images:
+                raise ValueError(f"train.validation_prompts: task {self.name} does not generate images; remove them")
             known = self.validation_metrics + ("train_loss",)
             monitor = train.early_stopping.monitor
             if monitor not in known:
