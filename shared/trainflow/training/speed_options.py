@@ -54,10 +54,10 @@ def prepare_model(model: nn.Module, compile_targets: list[nn.Module], cfg: Speed
         if reason is not None:
             say(f"train.speed.compile: torch.compile is unavailable here ({reason}); training runs uncompiled")
             return model
-        import torch._dynamo
+        from torch._dynamo import config as dynamo_config
 
         # A graph the compiler cannot handle later on runs eagerly instead of stopping training.
-        torch._dynamo.config.suppress_errors = True
+        dynamo_config.suppress_errors = True
         for module in compile_targets:
             module.compile()  # nn.Module.compile: in place, so state_dict keys keep their names
     return model
