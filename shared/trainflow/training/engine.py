@@ -38,6 +38,7 @@ from trainflow.training.batch_plan import EpochPlan, validation_loader
 from trainflow.training.checkpoints import (CheckpointStore, LoadedCheckpoint, check_optimizer_fits, check_tensors_fit,
                                             optimizer_state_from_tensors, optimizer_state_to_tensors)
 from trainflow.training.early_stopping import EarlyStopping
+from trainflow.training.ema import WeightAverage
 from trainflow.training.optimizers import build_optimizer, parameter_groups
 from trainflow.training.preemption import PreemptionWatch, TrainingPreempted
 from trainflow.training.prometheus_metrics import TrainingMetrics
@@ -144,12 +145,7 @@ class Trainer:
         self.schedule = build_schedule(optimizer, cfg.schedule, self.total_steps, self.lower_is_better)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.trainable = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
-        self.ema = None
-        if cfg.ema is not None:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.trainable, decay=cfg.ema.decay, use_ema_warmup=False)
-            self.ema.to(self._ema_home())
+        self.ema = WeightAverage(cfg.ema, self.trainable, self.device) if cfg.ema is not None else None
         self.stopper = EarlyStopping(cfg.early_stopping, self.lower_is_better)
         self.store = CheckpointStore(self.checkpoint_dir, self.lower_is_better, cfg.checkpoints.keep_top_k,
                                      cfg.checkpoints.total_limit)
@@ -266,24 +262,13 @@ class Trainer:
         if not self.accelerator.optimizer_step_was_skipped and not steps_on_validation(self.schedule):
             self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None and (self.step + 1) % self.cfg.ema.update_every == 0:
-            self._update_ema()
+        if self.ema is not None:
+            self.ema.after_optimizer_step(self.step + 1)
         seconds = time.perf_counter() - started
         record = {"grad_norm": float(grad_norm)} if grad_norm is not None else {}
         return {"loss": loss_value, **record, "lr": current_learning_rate(self.optimizer),
                 "samples_per_second": self._effective_batch() / max(seconds, 1e-9),
                 "memory_mb": memory_in_use_mb(self.device)}
-
-    def _ema_home(self) -> torch.device:
-        """Where the EMA weights live between updates: the CPU when train.ema.on_cpu, else the training device."""
-        return torch.device("cpu") if self.cfg.ema.on_cpu else self.device
-
-    def _update_ema(self) -> None:
-        if self._ema_home() != self.device:  # on_cpu: to the GPU for the update and back (diffusers' offload_ema)
-            self.ema.to(self.device, non_blocking=True)
-        self.ema.step(self.trainable)
-        if self._ema_home() != self.device:
-            self.ema.to(self._ema_home(), non_blocking=True)
 
     def _any_rank_out_of_memory(self, here: bool) -> bool:
         flag = torch.tensor([1.0 if here else 0.0], device=self.device)
@@ -335,27 +320,29 @@ class Trainer:
             self._save_checkpoint(metrics)
 
     # ================================================================ validation
-    @torch.no_grad()
-    def _validate(self, prompt_metrics: dict[str, float] | None = None) -> dict[str, float] | None:
+    @contextlib.contextmanager
+    def _evaluation_weights(self):
+        """The unwrapped model in eval mode, holding the weights to judge (the EMA average when EMA is on)."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        if self.ema is not None:
-            self.ema.store(self.trainable)
-            self.ema.copy_to(self.trainable)
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            yield model
+        model.train(was_training)
+
+    @torch.no_grad()
+    def _validate(self, prompt_metrics: dict[str, float] | None = None) -> dict[str, float] | None:
         totals: dict[str, torch.Tensor] = {}
         loader = validation_loader(self.val_set, self.info, self.cfg.batch_size, self.cfg.num_workers,
                                    pin_memory=self.device.type == "cuda")
-        with self.accelerator.autocast():
-            for batch in loader:
-                for name, value in self.task.validation_step(model, move_to_device(batch, self.device)).items():
-                    value = value.detach().double()
-                    totals[name] = totals[name] + value if name in totals else value
-        totals = {name: dist_env.all_reduce_sum(value, self.info).cpu() for name, value in sorted(totals.items())}
-        self._log_sample_images(model)  # from the weights just validated (EMA's when on)
-        if self.ema is not None:
-            self.ema.restore(self.trainable)
-        model.train(was_training)
+        with self._evaluation_weights() as model:
+            with self.accelerator.autocast():
+                for batch in loader:
+                    for name, value in self.task.validation_step(model, move_to_device(batch, self.device)).items():
+                        value = value.detach().double()
+                        totals[name] = totals[name] + value if name in totals else value
+            totals = {name: dist_env.all_reduce_sum(value, self.info).cpu() for name, value in sorted(totals.items())}
+            self._log_sample_images(model)  # from the weights just validated (EMA's when on)
         metrics = {f"val_{name}": float(value) for name, value in self.task.finalize_validation(totals).items()}
         metrics.update(prompt_metrics or {})  # drawn at this step (train.validation_prompts)
         loss_sum, count = self.loss_since_validation
@@ -396,18 +383,10 @@ class Trainer:
     @torch.no_grad()
     def _draw_prompts(self) -> dict[str, float]:
         """The task's prompt samples from the current weights (EMA's when on): grid to TensorBoard, val_* metrics back."""
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        if self.ema is not None:
-            self.ema.store(self.trainable)
-            self.ema.copy_to(self.trainable)
         # A forked generator: sampling must not move the training stream, or resume is not exact.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), self.accelerator.autocast():
+        with self._evaluation_weights() as model, self.accelerator.autocast(), \
+                torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             samples = self.prompt_log.draw(model)
-        if self.ema is not None:
-            self.ema.restore(self.trainable)
-        model.train(was_training)
         metrics, grid = self.prompt_log.take(samples, self.step, self.device)
         if grid is not None:
             self.log.image_grid("validation_prompts", grid, self.step)
@@ -427,9 +406,7 @@ class Trainer:
                    **self.prompt_log.checkpoint_tensors()}
         ema_meta = None
         if self.ema is not None:
-            ema_state = self.ema.state_dict()
-            tensors["ema"] = {str(i): p for i, p in enumerate(ema_state.pop("shadow_params"))}
-            ema_meta = ema_state
+            tensors["ema"], ema_meta = self.ema.checkpoint()
         scaler = self.accelerator.scaler
         state = {
             "identity": self.identity.to_json(), "epoch": self.epoch, "position": self.position,
@@ -484,9 +461,7 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.tensors["optimizer"], state["optimizer"]))
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
-            shadow = [checkpoint.tensors["ema"][str(i)] for i in range(len(checkpoint.tensors["ema"]))]
-            self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
-            self.ema.to(self._ema_home())
+            self.ema.load(checkpoint.tensors["ema"], state["ema"])
         if state["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.stopper.load_state_dict(state["early_stopping"])
