@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-options", action="store_true",
                         help="instead: the engine with each train.speed/EMA option on beside its defaults "
                              "(steps/s, peak memory, ratios; benchmarks/bench_train_options.py)")
+    parser.add_argument("--options", default=None, metavar="A,B",
+                        help="--compare-options: only these options, e.g. channels_last,ema (default: all; "
+                             "the engine's defaults are always measured)")
     parser.add_argument("--smoke", action="store_true",
                         help="a seconds-long check that everything runs (2 timed steps, 64 records, batch 4); no figures to quote")
     args = parser.parse_args(argv)

@@ -84,7 +84,11 @@ def compare_options(args: argparse.Namespace) -> int:
         device = check_options(args)
         if device.type == "cpu":
             torch.set_num_threads(args.threads)
-        names = [name for name in OPTIONS if not (args.smoke and name == "compile")]
+        asked = args.options.split(",") if args.options else list(OPTIONS)
+        unknown = [name for name in asked if name not in OPTIONS]
+        if unknown:
+            raise UserFacingError(f"--options: {', '.join(unknown)} is not an option; choose from {', '.join(OPTIONS)}")
+        names = [name for name in OPTIONS if (name == "default" or name in asked) and not (args.smoke and name == "compile")]
         with tempfile.TemporaryDirectory(prefix="bench-train-options-") as tmp:
             load = Workload(args, device, Path(tmp))
             contenders = [EngineContender(load, name, OPTIONS[name]) for name in names]
