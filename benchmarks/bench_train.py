@@ -22,6 +22,7 @@ import gc
 import io
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,11 +83,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="afterwards, run `ours` again under cProfile and print its N most expensive functions")
     parser.add_argument("--verbose", action="store_true", help="show the stages' and the engine's own output")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="--unet tiny: an existing tiny pipeline folder (e.g. .trainflow/demo/tiny-sd-base) instead of "
+                             "building one (about a minute)")
+    parser.add_argument("--compare-options", action="store_true",
+                        help="instead: the engine with each train.speed/EMA option on beside its defaults "
+                             "(steps/s, peak memory, ratios; benchmarks/bench_train_options.py)")
+    parser.add_argument("--options", default=None, metavar="A,B",
+                        help="--compare-options: only these options, e.g. channels_last,ema (default: all; "
+                             "the engine's defaults are always measured)")
     parser.add_argument("--smoke", action="store_true",
-                        help="3 timed steps after 1 warm-up on 64 records: checks the bench runs (the test suite runs it)")
+                        help="a seconds-long check that everything runs (2 timed steps, 64 records, batch 4); no figures to quote")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.steps, args.warmup_steps, args.records = 3, 1, 64
+        args.steps, args.warmup_steps, args.records, args.batch_size = 2, 1, 64, args.batch_size or 4
     args.batch_size = args.batch_size or (8 if args.unet == "sd15" else 16)
     args.resolution = args.resolution or (512 if args.unet == "sd15" else 32)
     return args
@@ -106,6 +116,9 @@ def check_options(args: argparse.Namespace) -> torch.device:
         raise UserFacingError(f"--resolution {args.resolution}: the {args.unet} models need a multiple of {multiple} px")
     if min(args.steps, args.batch_size, args.records, args.threads) < 1 or args.warmup_steps < 0:
         raise UserFacingError("--steps, --batch-size, --records and --threads must be at least 1, --warmup-steps at least 0")
+    if args.base is not None and (args.unet != "tiny" or not (args.base / "model_index.json").is_file()):
+        raise UserFacingError(f"--base {args.base}: give a tiny diffusers pipeline folder (with model_index.json), "
+                              "with --unet tiny")
     if args.records > 1797:
         raise UserFacingError(f"--records {args.records}: scikit-learn's digits hold 1797 records; ask for at most that")
     if args.batch_size > int(args.records * 0.7) - 1:
@@ -153,6 +166,8 @@ def prepare(load: Workload) -> None:
     args, raw = load.args, load.work / "digits"
     if args.unet == "sd15":
         build_sd15_sized_pipeline(load.base, args.seed)
+    elif args.base is not None:
+        shutil.copytree(args.base, load.base)
     else:
         build_tiny_pipeline(load.base, seed=args.seed, vae_steps=3)  # the VAE's quality does not change speed
     write_digits_imagefolder(raw)
@@ -330,9 +345,8 @@ class LoopContender:
 class EngineContender:
     """Trainer.fit() in a thread; its task's training_step waits at a gate until the bench lets steps through."""
 
-    name = "ours"
-
-    def __init__(self, load: Workload) -> None:
+    def __init__(self, load: Workload, name: str = "ours", overrides: dict | None = None) -> None:
+        self.name, self.overrides = name, overrides or {}  # train-section keys on top of the bench's (train.speed, ema)
         self.load, self.rounds, self.note, self.error = load, [], "", None
         self.permits, self.parked = threading.Semaphore(0), threading.Semaphore(0)
         self.cycles: list[tuple[float, float]] = []  # (clock, wall) from one step's start to the next's
@@ -419,6 +433,7 @@ def build_trainer(load: Workload, contender: EngineContender):
         "logging": {"every_n_steps": 50, "tensorboard": False, "mlflow": False},
         "diffusion": {"caption_dropout": 0.0},  # the floor draws no dropout either
         "num_workers": 0,  # batches made in this process, so its CPU time holds all of the engine's work
+        **contender.overrides,
     }
     cfg = parse_section(TrainConfig, train, "the bench's train section")
     task = GatedTask(load.base, load.cache, cfg.diffusion, load.seed)
@@ -502,6 +517,10 @@ def print_profile(load: Workload, top: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.compare_options:
+        from bench_train_options import compare_options
+
+        return compare_options(args)
     try:
         device = check_options(args)
         if device.type == "cpu":

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig, WorkerCount
 from trainflow.config.platform import DistributedConfig
@@ -118,8 +119,30 @@ class PreemptionConfig(Section):
 
 
 class EmaConfig(Section):
-    decay: float = Field(0.9999, gt=0, lt=1)
-    # Validation and the exported model use the EMA weights when EMA is on.
+    """An exponential moving average of the trained weights (diffusers' EMAModel), saved in every checkpoint.
+    Validation, validation prompts and the exported model use the EMA weights when EMA is on."""
+
+    decay: float = Field(0.9999, gt=0, lt=1, description="Per EMA update (so per update_every optimizer steps).")
+    update_every: int = Field(1, ge=1, description="Update the average every N optimizer steps (cheaper for big models).")
+    on_cpu: bool = Field(False, description=(
+        "Keep the average in CPU memory between updates (frees a model's worth of GPU memory; each update copies "
+        "it to the GPU and back). Nothing changes on a CPU run."))
+
+
+class SpeedConfig(Section):
+    """Switches that change speed or memory, not what is learned (beyond float rounding). See README, Speed options;
+    the defaults follow bench_train --compare-options on a 2-core CPU; the GPU-only ones are off until measured."""
+
+    tf32: bool = Field(False, description=(
+        "TensorFloat-32 matmuls and convolutions on NVIDIA Ampere or newer; a logged no-op elsewhere."))
+    compile: bool = Field(False, description=(
+        "torch.compile the model's compute (the UNet for text_to_image); when the compiler is unavailable or fails, "
+        "one message and training runs uncompiled."))
+    fused_optimizer: bool = Field(False, description="Fused AdamW/Adam kernels (CUDA only; a logged no-op elsewhere).")
+    channels_last: bool = Field(False, description="Channels-last memory format for the model's convolutions.")
+    adamw_8bit: bool = Field(False, description=(
+        "bitsandbytes' 8-bit AdamW (optimizer.name adamw, CUDA with bitsandbytes installed); elsewhere one message "
+        "and torch's AdamW."))
 
 
 class LoraConfig(Section):
@@ -207,6 +230,41 @@ class LossConfig(Section):
 TASK_TRAIN_BLOCKS = ("autoencoder", "semi_supervised")
 
 
+MAX_VALIDATION_PROMPTS = 64  # each is one image per sampling: more would make sampling cost more than training
+
+
+class PromptScoringConfig(Section):
+    """Scorers for the validation prompts' images (each optional; a metric without its scorer is not logged)."""
+
+    prompt_classifier: str | None = Field(None, description=(
+        "Classifier folder (e.g. the demo's digits classifier): val_prompt_accuracy is the share of prompt images it "
+        "reads as the one class name the prompt contains (every prompt must name exactly one of its classes)."))
+    clip_model: str | None = Field(None, description="CLIP model folder or hub id: val_clip_score (torchmetrics CLIPScore).")
+
+
+def read_validation_prompts(value: object) -> list[str]:
+    """The prompts of `train.validation_prompts`: the list itself, or a text file's non-empty lines; ValueError names
+    the field when the file cannot be read, or the list is empty or too long."""
+    if isinstance(value, str):
+        try:
+            prompts = [line.strip() for line in Path(value).expanduser().read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"validation_prompts: the prompt file {value!r} cannot be read "
+                             f"({type(error).__name__}); give a UTF-8 text file, one prompt per line, or a list") from None
+        prompts = [prompt for prompt in prompts if prompt]
+    elif isinstance(value, list) and all(isinstance(prompt, str) for prompt in value):
+        prompts = [prompt.strip() for prompt in value]
+    else:
+        raise ValueError("validation_prompts: give a list of prompt strings or the path of a text file, one prompt per line")
+    if not prompts or not all(prompts):
+        raise ValueError("validation_prompts: no prompts (an empty list, file or prompt); give at least one prompt or "
+                         "remove the field")
+    if len(prompts) > MAX_VALIDATION_PROMPTS:
+        raise ValueError(f"validation_prompts: {len(prompts)} prompts, at most {MAX_VALIDATION_PROMPTS} are sampled "
+                         "during training; keep the few that show progress (score the rest after training)")
+    return prompts
+
+
 class TrainConfig(Section):
     max_epochs: int = Field(10, ge=1, le=MAX_COUNT)
     max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps (overrides max_epochs for the schedule).")
@@ -219,12 +277,19 @@ class TrainConfig(Section):
     grad_clip_norm: float = Field(1.0, ge=0, le=1e6, description="Max gradient norm; 0 turns clipping off.")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     ema: EmaConfig | None = None
+    speed: SpeedConfig = SpeedConfig()
     validation: ValidationConfig = ValidationConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoints: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     preemption: PreemptionConfig = PreemptionConfig()
     diffusion: DiffusionTrainingConfig = DiffusionTrainingConfig()
+    validation_prompts: list[str] | None = Field(None, description=(
+        "text_to_image: prompts drawn with fixed seeds at step 0 (the base model) and during training, as grids in "
+        "TensorBoard and the evaluation report; a list, or a text file with one prompt per line (read at config load)."))
+    validation_prompts_every: int | None = Field(None, ge=1, description=(
+        "Draw the validation prompts every N optimizer steps; null: at every validation."))
+    validation_prompt_scoring: PromptScoringConfig = PromptScoringConfig()
     loss: LossConfig = LossConfig()
     autoencoder: AutoencoderConfig | None = Field(None, description="task autoencoder: model size, VAE, anomaly mode.")
     semi_supervised: SemiSupervisedConfig | None = Field(None, description="task semi_supervised: pseudo-labelling.")
@@ -234,6 +299,11 @@ class TrainConfig(Section):
     deterministic: bool = Field(False, description="Deterministic algorithms (bitwise-reproducible on CPU; slower on GPU).")
     device: PlainText = "auto"
     distributed: DistributedConfig | None = Field(None, description="Train on several pods through a PyTorchJob/TrainJob (cluster runs only).")
+
+    @field_validator("validation_prompts", mode="before")
+    @classmethod
+    def _read_prompts(cls, value):
+        return None if value is None else read_validation_prompts(value)
 
     @model_validator(mode="after")
     def _plateau_schedule_needs_validation(self) -> "TrainConfig":

@@ -12,6 +12,7 @@ from typing import Any
 
 from trainflow.evaluation.record_outputs import RecordOutputs
 from trainflow.report import figures
+from trainflow.report.evaluation_sections import validation_prompts_section
 from trainflow.report.html_parts import STYLE, comparison_rows, fmt, image, interval, table
 from trainflow.tasks import TaskDefinition, get_task
 
@@ -96,6 +97,7 @@ def evaluation_html(scored: RecordOutputs, results: dict[str, Any], record: dict
         '<p class="note">Intervals: seeded percentile bootstrap over test records (95%).</p>',
         "<h2>Best vs last checkpoint</h2>", _best_vs_last(results),
         "<h2>Validation during training</h2>", image(curves, "validation curve"), _historytable(record.get("history") or []),
+        validation_prompts_section(record.get("validation_prompts")),
         task.report_section(scored, results),
         _skipped(results),
         '<p class="note">Per-record test outputs are in this run\'s predictions artifact, so the model can be '

@@ -67,3 +67,22 @@ def text_to_image_section(results: dict[str, Any]) -> str:
         header = ["metric", "fine-tuned", "base", "improvement", "95% interval", "P(fine-tuned better)", "verdict"]
         parts += ["<h3>Fine-tuned vs base, per test record (paired bootstrap)</h3>", table(header, comparison_rows(results["vs_base"]), "text-last")]
     return "".join(parts)
+
+
+def validation_prompts_section(record: dict[str, Any] | None) -> str:
+    """The validation prompts' grids (the step-0 weights' and the latest) and their scores per step, from the training
+    record (train.validation_prompts); empty when training drew none."""
+    if not record:
+        return ""
+    prompts = "".join(f"<li>{html.escape(prompt)}</li>" for prompt in record["prompts"])
+    parts = ["<h2>Validation prompts during training</h2>",
+             f"<p>One image per prompt (left to right), each from the same fixed seed at every drawing.</p><ol>{prompts}</ol>"]
+    for grid in record["grids"]:
+        label = "before training (step 0)" if grid["step"] == 0 else f"latest, step {grid['step']}"
+        parts += [f"<h3>{html.escape(label)}</h3>", image(grid["png"], f"validation prompts at step {grid['step']}")]
+    history = record["history"]
+    columns = sorted({name for row in history for name in row if name != "step"})
+    if columns:
+        rows = [[str(row["step"])] + [fmt(row.get(name)) for name in columns] for row in history]
+        parts.append(table(["step", *columns], rows))
+    return "".join(parts)

@@ -161,6 +161,8 @@ class TaskDefinition(abc.ABC):
             for block in TASK_TRAIN_BLOCKS:
                 if getattr(train, block) is not None and block not in self.train_blocks:
                     raise ValueError(f"train.{block}: applies to task {block} only, not {self.name}; remove it")
+            if train.validation_prompts is not None and not self.generates_images:
+                raise ValueError(f"train.validation_prompts: task {self.name} does not generate images; remove them")
             known = self.validation_metrics + ("train_loss",)
             monitor = train.early_stopping.monitor
             if monitor not in known:

@@ -41,6 +41,8 @@ from trainflow.tasks.definition import MetricSpec, RecordNeeds, Reference, TaskD
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
+    from trainflow.config import TrainConfig
+
 VALIDATION_SEED_OFFSET = 1_000_003  # validation noise differs from the test split's, fixed per record
 # Validation sample grids show progress, not final quality: a few deterministic DDIM steps keep them cheap.
 SAMPLE_STEPS = 10
@@ -89,7 +91,7 @@ class TextToImageTask:
     name = "text_to_image"
 
     def __init__(self, base_folder: Path, cache_dir: Path, cfg: DiffusionTrainingConfig, seed: int,
-                 family: str = "auto") -> None:
+                 family: str = "auto", train_cfg: "TrainConfig | None" = None) -> None:
         self.base_folder, self.cache_dir, self.cfg, self.seed = Path(base_folder), Path(cache_dir), cfg, seed
         attrs = read_cache_attrs(cache_dir)
         self.family = check_cache_family(detect_family(self.base_folder, family), attrs, self.cache_dir)
@@ -105,6 +107,13 @@ class TextToImageTask:
             # validation_images below draws one size with the SD pipeline; sdxl and bucketed caches draw through
             # diffusion.validation_samples (one path once validation prompts land there).
             self.validation_images = functools.partial(validation_sample_images, self)
+        if train_cfg is not None and train_cfg.validation_prompts:  # the engine draws them (training.prompt_samples)
+            from trainflow.diffusion.validation_prompts import ValidationPromptSampler
+
+            first = self.val_dataset()[0]["moments"]
+            self.prompt_samples = ValidationPromptSampler(
+                self.base_folder, self.family, self.noise_scheduler.config, train_cfg.validation_prompts,
+                train_cfg.validation_prompt_scoring, seed, tuple(first.shape[1:]))
 
     # ------------------------------------------------------------ model and data
     def build_model(self) -> DiffusionModel:
@@ -141,6 +150,9 @@ class TextToImageTask:
         if self.cfg.train_text_encoder and self.cfg.text_encoder_learning_rate is not None:
             return {"text_encoder": self.cfg.text_encoder_learning_rate}
         return {}
+
+    def compile_targets(self, model: DiffusionModel) -> list[nn.Module]:
+        return [model.unet]  # train.speed.compile: the UNet is where the time goes
 
     # ------------------------------------------------------------ steps
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -333,7 +345,7 @@ class TextToImageDefinition(TaskDefinition):
     name = "text_to_image"
     description = "fine-tune a Stable-Diffusion-architecture model on captioned images"
     pipeline = "text-to-image"
-    validation_metrics = ("val_loss",)
+    validation_metrics = ("val_loss", "val_prompt_accuracy", "val_clip_score")  # the last two: validation prompts
     headline_metrics = (MetricSpec("test_loss", "test denoising loss"),)
     summary_metrics = (
         MetricSpec("test_loss", "test denoising loss"),
@@ -360,6 +372,10 @@ class TextToImageDefinition(TaskDefinition):
             raise ValueError("ingest.dataset_dir: text_to_image needs images with captions (an image folder, "
                              "a table with an image column, or an HDF5 file)")
         super().check_config(ingest, model, train)
+        if train is not None:
+            from trainflow.diffusion.validation_prompts import check_prompt_monitor
+
+            check_prompt_monitor(train)
         if train is not None and train.transforms != TransformsConfig():
             raise ValueError("train.transforms: text_to_image trains on cached latents, which pixel transforms cannot "
                              "reach; augment before caching (see README, Data loading)")
@@ -372,6 +388,8 @@ class TextToImageDefinition(TaskDefinition):
             paths["score.fid_features.path"] = score.fid_features.path
         if score.prompt_classifier:
             paths["score.prompt_classifier"] = score.prompt_classifier
+        if config.train.validation_prompt_scoring.prompt_classifier:
+            paths["train.validation_prompt_scoring.prompt_classifier"] = config.train.validation_prompt_scoring.prompt_classifier
         if config.ingest.prior_preservation is not None:
             paths["ingest.prior_preservation.dataset_dir"] = config.ingest.prior_preservation.dataset_dir
         return paths
@@ -379,6 +397,9 @@ class TextToImageDefinition(TaskDefinition):
     def check_local_files(self, config) -> None:
         from trainflow.config import looks_like_local_path
         from trainflow.diffusion.model_families import detect_family
+        from trainflow.diffusion.validation_prompts import check_prompt_classifier
+
+        check_prompt_classifier(config.train)
 
         if config.model.base and looks_like_local_path(config.model.base):
             detect_family(Path(config.model.base).expanduser(), config.model.family)  # an SDXL config on an SD base, ...
@@ -394,7 +415,7 @@ class TextToImageDefinition(TaskDefinition):
         from trainflow.diffusion.model_loading import resolve_pipeline_folder
 
         return TextToImageTask(resolve_pipeline_folder(model_cfg.base, model_cfg.revision), cache_dir, train_cfg.diffusion,
-                               seed, model_cfg.family)
+                               seed, model_cfg.family, train_cfg)
 
     def test_outputs(self, request: TestRequest):
         """Per-record test losses of the fine-tuned (best) model, the base model and the last checkpoint."""

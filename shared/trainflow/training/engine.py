@@ -38,12 +38,15 @@ from trainflow.training.batch_plan import EpochPlan, validation_loader
 from trainflow.training.checkpoints import (CheckpointStore, LoadedCheckpoint, check_optimizer_fits, check_tensors_fit,
                                             optimizer_state_from_tensors, optimizer_state_to_tensors)
 from trainflow.training.early_stopping import EarlyStopping
+from trainflow.training.ema import WeightAverage
 from trainflow.training.optimizers import build_optimizer, parameter_groups
 from trainflow.training.preemption import PreemptionWatch, TrainingPreempted
 from trainflow.training.prometheus_metrics import TrainingMetrics
+from trainflow.training.prompt_samples import PromptSampleLog
 from trainflow.training.rng_state import capture_rng_state, restore_rng_state
 from trainflow.training.run_identity import RunIdentity, load_trainable_state, trainable_state
 from trainflow.training.schedules import build_schedule, current_learning_rate, steps_on_validation
+from trainflow.training.speed_options import apply_backend_options, optimizer_options, prepare_model
 from trainflow.training.task import Task, move_to_device
 from trainflow.training.training_log import TrainingLog, memory_in_use_mb
 
@@ -130,19 +133,19 @@ class Trainer:
         mode = cfg.early_stopping.mode
         self.lower_is_better = (mode == "min") if mode else is_lower_better(monitor)
 
+        apply_backend_options(cfg.speed, self.device, self._say)
         seed_everything(self.seed)  # model initialisation is the same in every process and every resume
         model = self.task.build_model()
+        # A task may name the modules worth compiling (text_to_image: the UNet); default the whole model.
+        targets = getattr(self.task, "compile_targets", lambda m: [m])(model)
+        model = prepare_model(model, targets, cfg.speed, self.device, self._say)
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.max_epochs
-        optimizer = build_optimizer(parameter_groups(model, cfg.optimizer, self.task.learning_rates()), cfg.optimizer)
+        optimizer = build_optimizer(parameter_groups(model, cfg.optimizer, self.task.learning_rates()), cfg.optimizer,
+                                    **optimizer_options(cfg.speed, cfg.optimizer, self.device, self._say))
         self.schedule = build_schedule(optimizer, cfg.schedule, self.total_steps, self.lower_is_better)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.trainable = [p for p in self.accelerator.unwrap_model(self.model).parameters() if p.requires_grad]
-        self.ema = None
-        if cfg.ema is not None:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.trainable, decay=cfg.ema.decay, use_ema_warmup=False)
-            self.ema.to(self.device)
+        self.ema = WeightAverage(cfg.ema, self.trainable, self.device) if cfg.ema is not None else None
         self.stopper = EarlyStopping(cfg.early_stopping, self.lower_is_better)
         self.store = CheckpointStore(self.checkpoint_dir, self.lower_is_better, cfg.checkpoints.keep_top_k,
                                      cfg.checkpoints.total_limit)
@@ -154,6 +157,7 @@ class Trainer:
         self.loss_since_validation = [0.0, 0]
         self.resumed_from: str | None = None
         self.metrics = TrainingMetrics(cfg.logging.prometheus_port, info, self.device, monitor)
+        self.prompt_log = PromptSampleLog(self.task, cfg.validation_prompts_every, info)
 
     def _resolve_accumulation(self) -> tuple[int, int]:
         cfg, world = self.cfg, self.info.world_size
@@ -176,6 +180,8 @@ class Trainer:
             self._say(f"train: {self.total_steps} optimizer steps ({self.steps_per_epoch} per epoch); effective batch "
                       f"{self._effective_batch()} = micro-batch {self.micro_batch} × accumulation {self.accumulation} "
                       f"× world size {self.info.world_size}; precision {self.mixed_precision} on {self.device}")
+            if self.prompt_log.enabled:  # the weights training starts from, for comparison
+                self.log.validation(0, self._draw_prompts())
         try:
             with self.preemption:  # SIGTERM: stop at the next step boundary (trainflow.training.preemption)
                 while not self._finished() and not self.preemption.stop_agreed:
@@ -257,7 +263,7 @@ class Trainer:
             self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.step(self.trainable)
+            self.ema.after_optimizer_step(self.step + 1)
         seconds = time.perf_counter() - started
         record = {"grad_norm": float(grad_norm)} if grad_norm is not None else {}
         return {"loss": loss_value, **record, "lr": current_learning_rate(self.optimizer),
@@ -303,7 +309,10 @@ class Trainer:
         self.metrics.step(self.step, epoch, record, self.stopper)
         every = self.cfg.validation.every_n_steps
         validate = bool(every and self.step % every == 0) or (epoch_end and self.cfg.validation.every_epoch)
-        metrics = self._validate() if validate else None
+        prompt_metrics = self._draw_prompts() if self.prompt_log.due(self.step, validate) else {}
+        if prompt_metrics and not validate:
+            self.log.validation(self.step, prompt_metrics)
+        metrics = self._validate(prompt_metrics) if validate else None
         if self.stopper.stop_kind == "non_finite":
             return  # weights that validate to NaN/inf are not saved: as newest, they would prune the last good checkpoint
         every_ckpt = self.cfg.checkpoints.every_n_steps
@@ -311,28 +320,31 @@ class Trainer:
             self._save_checkpoint(metrics)
 
     # ================================================================ validation
-    @torch.no_grad()
-    def _validate(self) -> dict[str, float] | None:
+    @contextlib.contextmanager
+    def _evaluation_weights(self):
+        """The unwrapped model in eval mode, holding the weights to judge (the EMA average when EMA is on)."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        if self.ema is not None:
-            self.ema.store(self.trainable)
-            self.ema.copy_to(self.trainable)
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            yield model
+        model.train(was_training)
+
+    @torch.no_grad()
+    def _validate(self, prompt_metrics: dict[str, float] | None = None) -> dict[str, float] | None:
         totals: dict[str, torch.Tensor] = {}
         loader = validation_loader(self.val_set, self.info, self.cfg.batch_size, self.cfg.num_workers,
                                    pin_memory=self.device.type == "cuda")
-        with self.accelerator.autocast():
-            for batch in loader:
-                for name, value in self.task.validation_step(model, move_to_device(batch, self.device)).items():
-                    value = value.detach().double()
-                    totals[name] = totals[name] + value if name in totals else value
-        totals = {name: dist_env.all_reduce_sum(value, self.info).cpu() for name, value in sorted(totals.items())}
-        self._log_sample_images(model)  # from the weights just validated (EMA's when on)
-        if self.ema is not None:
-            self.ema.restore(self.trainable)
-        model.train(was_training)
+        with self._evaluation_weights() as model:
+            with self.accelerator.autocast():
+                for batch in loader:
+                    for name, value in self.task.validation_step(model, move_to_device(batch, self.device)).items():
+                        value = value.detach().double()
+                        totals[name] = totals[name] + value if name in totals else value
+            totals = {name: dist_env.all_reduce_sum(value, self.info).cpu() for name, value in sorted(totals.items())}
+            self._log_sample_images(model)  # from the weights just validated (EMA's when on)
         metrics = {f"val_{name}": float(value) for name, value in self.task.finalize_validation(totals).items()}
+        metrics.update(prompt_metrics or {})  # drawn at this step (train.validation_prompts)
         loss_sum, count = self.loss_since_validation
         metrics["train_loss"] = loss_sum / max(count, 1)
         self.loss_since_validation = [0.0, 0]
@@ -368,6 +380,18 @@ class Trainer:
         if images is not None:
             self.log.images("val/samples", images, self.step)
 
+    @torch.no_grad()
+    def _draw_prompts(self) -> dict[str, float]:
+        """The task's prompt samples from the current weights (EMA's when on): grid to TensorBoard, val_* metrics back."""
+        # A forked generator: sampling must not move the training stream, or resume is not exact.
+        with self._evaluation_weights() as model, self.accelerator.autocast(), \
+                torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            samples = self.prompt_log.draw(model)
+        metrics, grid = self.prompt_log.take(samples, self.step, self.device)
+        if grid is not None:
+            self.log.image_grid("validation_prompts", grid, self.step)
+        return metrics
+
     # ================================================================ checkpoints
     def _save_checkpoint(self, metrics: dict[str, float] | None) -> None:
         started = time.perf_counter()
@@ -378,12 +402,11 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         optimizer_tensors, optimizer_meta = optimizer_state_to_tensors(self.optimizer.state_dict())
         tensors = {"model": trainable_state(model), "optimizer": optimizer_tensors,
-                   "rng": {f"rank{r}": torch.frombuffer(bytearray(b), dtype=torch.uint8) for r, b in enumerate(rng)}}
+                   "rng": {f"rank{r}": torch.frombuffer(bytearray(b), dtype=torch.uint8) for r, b in enumerate(rng)},
+                   **self.prompt_log.checkpoint_tensors()}
         ema_meta = None
         if self.ema is not None:
-            ema_state = self.ema.state_dict()
-            tensors["ema"] = {str(i): p for i, p in enumerate(ema_state.pop("shadow_params"))}
-            ema_meta = ema_state
+            tensors["ema"], ema_meta = self.ema.checkpoint()
         scaler = self.accelerator.scaler
         state = {
             "identity": self.identity.to_json(), "epoch": self.epoch, "position": self.position,
@@ -391,6 +414,7 @@ class Trainer:
             "optimizer": optimizer_meta, "schedule": self.schedule.state_dict(), "ema": ema_meta,
             "scaler": scaler.state_dict() if scaler is not None else None, "early_stopping": self.stopper.state_dict(),
             "history": self.history, "loss_since_validation": self.loss_since_validation, "finished": self._finished(),
+            "prompt_samples": self.prompt_log.state_dict(),
         }
         metric = metrics.get(self.cfg.early_stopping.monitor) if metrics else None
         self.store.save(self.step, tensors, state, metric)
@@ -437,9 +461,7 @@ class Trainer:
         self.optimizer.load_state_dict(optimizer_state_from_tensors(checkpoint.tensors["optimizer"], state["optimizer"]))
         self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
-            shadow = [checkpoint.tensors["ema"][str(i)] for i in range(len(checkpoint.tensors["ema"]))]
-            self.ema.load_state_dict({**state["ema"], "shadow_params": shadow})
-            self.ema.to(self.device)
+            self.ema.load(checkpoint.tensors["ema"], state["ema"])
         if state["scaler"] is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.stopper.load_state_dict(state["early_stopping"])
@@ -447,6 +469,7 @@ class Trainer:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.micro_batch, self.accumulation = state["micro_batch"], state["accumulation"]
         self.history, self.loss_since_validation = state["history"], state["loss_since_validation"]
+        self.prompt_log.load_state_dict(state.get("prompt_samples"), checkpoint.tensors)
         self.log.truncate_after(self.step)
 
     def load_best_into_model(self) -> torch.nn.Module:

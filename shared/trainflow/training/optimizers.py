@@ -54,13 +54,21 @@ def parameter_groups(model: nn.Module, cfg: OptimizerConfig, extra_lr: dict[str,
     return list(groups.values())
 
 
-def build_optimizer(groups: Iterable[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(groups: Iterable[dict], cfg: OptimizerConfig, fused: bool = False,
+                    eight_bit: bool = False) -> torch.optim.Optimizer:
+    """The configured optimizer; `fused` (CUDA AdamW/Adam kernels) and `eight_bit` (bitsandbytes' AdamW8bit) come
+    from train.speed through training.speed_options, which checks they can run here."""
     groups = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
+    if cfg.name == "adamw" and eight_bit:
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps)
+    extra = {"fused": True} if fused else {}
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, **extra)
     if cfg.name == "adam":
         # torch's Adam adds weight decay to the gradient (L2), unlike AdamW's decoupled decay.
-        return torch.optim.Adam(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.Adam(groups, lr=cfg.learning_rate, betas=cfg.betas, eps=cfg.eps, **extra)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.RMSprop(groups, lr=cfg.learning_rate, momentum=cfg.momentum, eps=cfg.eps)

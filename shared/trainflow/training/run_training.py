@@ -64,6 +64,7 @@ def train_and_export(task: Task, request: TrainRequest, cfg: TrainConfig, model_
                     **summary, "history": outcome.history, "train_config": section_payload(cfg),
                     "model_config": section_payload(model_cfg),
                     "best_checkpoint": str(outcome.best_checkpoint), "last_checkpoint": str(outcome.last_checkpoint),
+                    "validation_prompts": trainer.prompt_log.record(),
                 })
             print(f"train: {outcome.stop_reason}; best {outcome.monitor} {outcome.best_value:.5g} at step "
                   f"{outcome.best_step} (epoch {outcome.best_epoch})", flush=True)

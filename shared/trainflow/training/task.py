@@ -41,6 +41,9 @@ class Task(Protocol):
     # Optional: `validation_images(model, count) -> Tensor | None`, float images in [0, 1]
     # that the engine logs to TensorBoard after each validation (rank 0 only, under a
     # forked RNG so sampling never changes the training random numbers).
+    # Optional: `prompt_samples(model) -> training.prompt_samples.PromptSamples | None`, drawn at step 0 and every
+    # train.validation_prompts_every steps (see trainflow.training.prompt_samples).
+    # Optional: `compile_targets(model) -> list[nn.Module]`, what train.speed.compile compiles (default: the model).
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -92,6 +92,12 @@ class TrainingLog:
 
             self._writer.add_image(tag, make_grid(images, nrow=min(8, len(images))), step)
 
+    def image_grid(self, tag: str, grid: torch.Tensor, step: int) -> None:
+        """A ready-made uint8 (3, H, W) grid."""
+        if self.enabled and self._writer is not None:
+            self._writer.add_image(tag, grid, step)
+            self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
