@@ -74,7 +74,7 @@ class PostgresMlflowServer:
             [str(mlflow_cli), "server", "--backend-store-uri", backend, "--artifacts-destination",
              str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             if self.server.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-3000:]}")
@@ -85,7 +85,7 @@ class PostgresMlflowServer:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not answer /health within 120 s")
+                raise RuntimeError("mlflow server did not answer /health within 300 s")
             time.sleep(0.5)
 
     def stop(self) -> None:

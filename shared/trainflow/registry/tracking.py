@@ -64,6 +64,8 @@ def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float =
     """
     from mlflow import MlflowClient
 
+    # MLflow prints "View run <name> at: <tracking URI>/..." when a run ends: that URL carries any credentials.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     # MLflow's HTTP client retries each request itself (7 times with long backoff by default); the waits here decide.
     previous = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
