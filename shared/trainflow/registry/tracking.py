@@ -57,11 +57,13 @@ CONNECT_FIRST_WAIT_S = 1.0
 
 
 def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float = CONNECT_FIRST_WAIT_S):
-    """An MlflowClient for `tracking_uri` once the store answers; retried with doubling waits.
+    """An MlflowClient for `tracking_uri` once the store answers (also made MLflow's current tracking URI);
+    retried with doubling waits.
 
     Raises UserFacingError (one sentence, credentials redacted) when it never answers, before
     anything was written, so an unreachable server leaves no half-registered version.
     """
+    import mlflow
     from mlflow import MlflowClient
 
     # MLflow prints "View run <name> at: <tracking URI>/..." when a run ends: that URL carries any credentials.
@@ -75,6 +77,7 @@ def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float =
         for attempt in range(tries):
             try:
                 client.search_experiments(max_results=1)
+                mlflow.set_tracking_uri(tracking_uri)  # MLflow's fluent API (log_model) writes to the same store
                 return client
             except Exception as error:  # any failure to answer means the same: not reachable yet
                 last_error = " ".join(str(error).split())[:200]

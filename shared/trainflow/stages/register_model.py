@@ -40,9 +40,6 @@ def register_model(
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
         tracking_uri = cfg.tracking_uri or default_tracking_uri()
         client = connect(tracking_uri)
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
         experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
         run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name)
         run_id = run.info.run_id
