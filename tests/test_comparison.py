@@ -73,18 +73,21 @@ def test_champion_alias_gates_and_moves(candidate_and_chance, tmp_path):
     assert second["registered"] and second["champion"]["version"] == 1
     assert compared["a"] == pytest.approx(result["accuracy"]) and compared["improvement_low"] > 0
     assert int(client.get_model_version_by_alias("iris", "champion").version) == 2
-    assert "alias `champion` now points to it" in (tmp_path / "trained.md").read_text()
+    assert "Alias `champion` now points to it" in (tmp_path / "trained.md").read_text()
 
     third = register(run, out, run["model"].path, tmp_path, "again", gate, {"accuracy": result["accuracy"]})
-    assert not third["registered"] and third["champion"]["comparisons"]["accuracy"]["difference"] == 0
-    assert "vs the champion's (version 2)" in third["reasons"][0]
-    assert third["reasons"][0].endswith("so it is not better than the champion with 95% confidence")
-    assert int(client.get_model_version_by_alias("iris", "champion").version) == 2, "a rejected candidate leaves the alias"
+    assert third["registered"] and third["model_version"] == 3 and not third["promoted"]
+    assert third["champion"]["comparisons"]["accuracy"]["difference"] == 0
+    assert "vs the champion's (version 2)" in third["promotion_reason"]
+    assert third["promotion_reason"].endswith("so it is not better than the champion with 95% confidence")
+    assert int(client.get_model_version_by_alias("iris", "champion").version) == 2, "a challenger leaves the champion alias"
+    assert int(client.get_model_version_by_alias("iris", "challenger").version) == 3
+    assert client.get_model_version("iris", "3").tags["trainflow.promotion"] == third["promotion_reason"]
     run_tags = client.get_run(third["mlflow_run_id"]).data
     assert run_tags.tags["trainflow.champion_version"] == "2" and run_tags.metrics["vs_champion_accuracy_improvement"] == 0
 
     cfg = RegisterConfig(model_name="iris", gates=gate)
-    evidence = champion_evidence(cfg, client, f"sqlite:///{tmp_path / 'mlflow.db'}", "text_to_image", None, None, 0)
+    evidence = champion_evidence(cfg, cfg.gates, client, f"sqlite:///{tmp_path / 'mlflow.db'}", "text_to_image", None, None, 0)
     assert "does not keep for text_to_image; use beat_base" in evidence.unavailable["accuracy"]
 
 

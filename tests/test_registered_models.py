@@ -153,3 +153,32 @@ def test_mlflow_models_serve_answers_a_rest_request(registry):
     rows = answer["predictions"]
     assert [row["predicted_class"] for row in rows] == ["setosa", "virginica"]
     assert all(abs(sum(v for k, v in row.items() if k.startswith("probability_")) - 1) < 1e-6 for row in rows)
+
+
+@pytest.mark.parametrize("task, architecture, per_pixel", [("segmentation", "seg_cnn", True), ("regression", "small_cnn", False)])
+def test_image_models_serve_arrays_and_describe_them_in_their_schema(tmp_path, task, architecture, per_pixel):
+    """Without MLflow: what the task's serving schema says an image model takes, and what serve returns for it."""
+    import numpy as np
+
+    from trainflow.config import ModelConfig
+    from trainflow.errors import UserFacingError
+    from trainflow.models.model_folder import save_model_folder
+    from trainflow.models.zoo import build_model
+    from trainflow.tasks import get_task
+
+    names = ["background", "stroke"] if per_pixel else ["size"]
+    model = build_model(ModelConfig(architecture=architecture), per_pixel=per_pixel, num_outputs=len(names), resolution=8,
+                        input_mean=[0.5] * 3, input_std=[0.25] * 3)
+    save_model_folder(model, tmp_path / "m", {"task": task, "kind": "image", "class_names": names if per_pixel else [],
+                                              "target_names": [] if per_pixel else names, "feature_names": None,
+                                              "target_mean": [10.0], "target_std": [2.0]})
+    definition = get_task(task)
+    schema = definition.serving_schema(tmp_path / "m")
+    assert schema.inputs.shape == (-1, 3, 8, 8) and schema.example.shape == (1, 3, 8, 8)
+    answer = definition.serve(definition.load_for_prediction(tmp_path / "m"), np.random.rand(2, 3, 8, 8).astype("float32"), {})
+    if per_pixel:
+        assert answer.shape == (2, 8, 8) and set(np.unique(answer)) <= {0, 1}
+    else:
+        assert list(answer.columns) == ["size"] and len(answer) == 2
+    with pytest.raises(UserFacingError, match=r"shape \(2, 1, 8, 8\); send images as float32 \(N, 3, H, W\)"):
+        definition.serve(definition.load_for_prediction(tmp_path / "m"), np.zeros((2, 1, 8, 8), "float32"), {})

@@ -10,7 +10,7 @@ def register_model(
     dataset: Input[Dataset], model: Input[Model], eval_metrics: Input[Metrics],
     register_config: dict, run_name: str, params: dict, report: Output[Markdown],
     score_metrics: Optional[Input[Metrics]] = None, predictions: Optional[Input[Artifact]] = None,
-    cache: Optional[Input[Dataset]] = None, task: str = "text_to_image", seed: int = 0,
+    cache: Optional[Input[Dataset]] = None, task: str = "text_to_image", seed: int = 0, pipeline_run_id: str = "",
 ):
     """Log the run to MLflow and register a model version only if the configured gates pass.
 
@@ -19,8 +19,11 @@ def register_model(
     predictions / cache: the evaluate stage's per-record outputs and the build_cache output; beat_champion
       gates run the champion (the registered model's champion alias) on that cache's test split and compare.
     register_config: the `register` section (model name, experiment, tracking URI, gates, champion alias).
-    params: the whole run config, logged as MLflow params. task, seed: the run's.
-    report: Markdown saying the registered version (which takes the champion alias), or why it was not registered.
+    params: the whole run config, logged as MLflow params (URI credentials redacted). task, seed: the run's.
+    pipeline_run_id: the KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER); keys the work, so a retried step finishes
+      what a crashed attempt started instead of registering a second version.
+    report: Markdown saying the registered version (challenger, or champion when it beat the champion), or why it
+      was not registered.
     """
     from trainflow.stages.runner import run_stage
     from trainflow.stages.register_model import register_model as stage
@@ -29,4 +32,4 @@ def register_model(
               eval_metrics=eval_metrics.metadata, score_metrics=score_metrics.metadata if score_metrics else {},
               config=register_config, run_name=run_name, params=params, report=report, task=task,
               predictions_dir=predictions.path if predictions else None, cache_dir=cache.path if cache else None,
-              seed=seed)
+              seed=seed, pipeline_run_id=pipeline_run_id)

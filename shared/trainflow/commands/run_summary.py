@@ -58,7 +58,8 @@ def run_summary(result: dict[str, Any]) -> dict[str, Any]:
         "best_step": _int(evaluation.get("best_step")), "best_epoch": evaluation.get("best_epoch"),
         "steps_run": _int(evaluation.get("steps_run")), "stop_reason": evaluation.get("stop_reason"),
         "registration": {k: registration.get(k) for k in ("registered", "model_name", "model_version", "reasons",
-                                                           "mlflow_run_id", "tracking_uri")},
+                                                           "mlflow_run_id", "tracking_uri", "promoted",
+                                                           "promotion_reason")},
         "artifacts": {name: artifact.path for name, artifact in outputs.items()},
         "total_seconds": round(result["seconds"], 1),
     }
@@ -87,7 +88,8 @@ def print_summary(result: dict[str, Any], console: Console | None = None) -> Non
     registration = summary["registration"]
     if registration.get("registered"):
         console.print(f"[green]registered[/green] model [bold]{registration['model_name']}[/bold] "
-                      f"version [bold]{_int(registration['model_version'])}[/bold] in MLflow ({registration['tracking_uri']})")
+                      f"version [bold]{_int(registration['model_version'])}[/bold] in MLflow ({registration['tracking_uri']}): "
+                      + ("champion" if registration.get("promoted") else f"challenger ({registration.get('promotion_reason')})"))
     else:
         console.print(f"[red]not registered[/red] ({registration.get('model_name')}): " + "; ".join(registration.get("reasons") or []))
     console.print(f"MLflow run {registration.get('mlflow_run_id')} — browse with: mlflow ui --backend-store-uri {redact_text(result['tracking_uri'])}")

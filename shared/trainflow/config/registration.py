@@ -18,9 +18,10 @@ class Gate(Section):
     max: float | None = None
     beat_base: bool = Field(False, description="Require the fine-tuned model to beat the base model on this metric.")
     beat_champion: bool = Field(False, description=(
-        "Require the candidate to beat the registered champion (the model's `champion_alias` version) on this "
-        "metric, per test record with a paired bootstrap: the lower end of the improvement's interval must be "
-        "above 0. Passes when no champion exists yet. Classification, regression and segmentation only."))
+        "Compare the candidate with the registered champion (the model's `champion_alias` version) on this "
+        "metric, per test record with a paired bootstrap: it takes the champion alias only when the lower end of "
+        "the improvement's interval is above promotion_margin, else it stays challenger. Not a registration gate. "
+        "Classification, regression and segmentation only."))
     confidence: float = Field(0.95, gt=0.5, lt=1, description="beat_champion: the confidence level of the improvement's interval (ignored by other conditions).")
 
     @model_validator(mode="after")
@@ -54,8 +55,14 @@ class RegisterConfig(Section):
                              "trainflow passes it to the stages through the environment)")
         return value
     champion_alias: Annotated[str, AfterValidator(check_champion_alias)] = Field("champion", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
-        "MLflow alias of the current best version: beat_champion gates compare with it, and a newly registered "
-        "version takes it."))
+        "MLflow alias of the current best version: a new version is compared with it and takes it only when it "
+        "beats it by promotion_margin (or when there is no champion yet)."))
+    challenger_alias: Annotated[str, AfterValidator(check_champion_alias)] = Field("challenger", min_length=1, pattern=r"^[A-Za-z0-9_-]+$", description=(
+        "MLflow alias every version that passes the gates takes."))
+    promotion_margin: float = Field(0.0, ge=0, le=1e12, allow_inf_nan=False, description=(
+        "How much better than the champion a challenger must be to take the champion alias, in the metric's units: "
+        "the lower end of the paired-bootstrap interval of the improvement (tasks with per-record outputs) or the "
+        "improvement of the recorded value (text-to-image)."))
     comparison_resamples: int = Field(1000, ge=100, le=1_000_000, description="Paired bootstrap resamples of the champion comparison.")
     batch_size: int = Field(64, ge=1, le=1_000_000, description="Batch size when the champion is run on the test split.")
     device: PlainText = Field("auto", description="Where the champion is run on the test split.")

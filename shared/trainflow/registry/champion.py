@@ -19,6 +19,7 @@ from trainflow.evaluation.record_outputs import check_same_records, load_record_
 from trainflow.config import Gate, RegisterConfig
 from trainflow.errors import UserFacingError
 from trainflow.registry.gates import ChampionEvidence
+from trainflow.redaction import redact_text
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -68,25 +69,24 @@ def resolve_model_reference(reference: str, tracking_uri: str, destination: Path
         if match["alias"]:
             version = find_champion(client, match["name"], match["alias"])
             if version is None:
-                raise UserFacingError(f"{reference}: registered model {match['name']!r} has no alias {match['alias']!r} in {tracking_uri}")
+                raise UserFacingError(f"{reference}: registered model {match['name']!r} has no alias {match['alias']!r} in {redact_text(tracking_uri)}")
         else:
             version = client.get_model_version(match["name"], match["version"])
     except MlflowException as error:
-        raise UserFacingError(f"{reference}: {error.message} (registry {tracking_uri})") from None
+        raise UserFacingError(f"{reference}: {error.message} (registry {redact_text(tracking_uri)})") from None
     return download_model_version(version, tracking_uri, destination)
 
 
 def champion_evidence(
-    cfg: RegisterConfig, client, tracking_uri: str, task: str, predictions_dir: str | None, cache_dir: str | None,
-    seed: int,
+    cfg: RegisterConfig, gates: list[Gate], client, tracking_uri: str, task: str, predictions_dir: str | None,
+    cache_dir: str | None, seed: int,
 ) -> ChampionEvidence | None:
-    """Compare the candidate with the champion for every beat_champion gate; None when no gate asks.
+    """Compare the candidate with the champion on each of `gates`' metrics; None when there are none.
 
     Any obstacle (a task without per-record outputs, missing inputs, a champion that cannot be
     fetched or run, a metric undefined on this split) becomes a reason in `unavailable`, which
     fails that gate: an unmade comparison never passes.
     """
-    gates = [gate for gate in cfg.gates if gate.beat_champion]
     if not gates:
         return None
     version = find_champion(client, cfg.model_name, cfg.champion_alias)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from trainflow.config import Gate
@@ -25,20 +26,24 @@ class ChampionEvidence:
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def failed_gates(gates: list[Gate], metrics: dict[str, float], champion: ChampionEvidence | None = None) -> list[str]:
-    """One sentence per failed gate; an empty list means registration may proceed.
+def failed_gates(gates: list[Gate], metrics: dict[str, float]) -> list[str]:
+    """One sentence per failed registration gate; an empty list means the candidate may be registered.
 
-    Inputs: the register section's gates; the candidate's numbers (evaluate and score
-    metadata); `champion`, the evidence for beat_champion gates (None: not gathered).
-    A gate on a metric that was not computed fails (with that reason): an absent
-    number must never pass a quality bar by default. Directions come from
+    Inputs: the register section's gates and the candidate's numbers (evaluate and score metadata).
+    A gate on a metric that was not computed, or that is NaN or infinite, fails with that reason: an
+    absent number must never pass a quality bar by default. beat_champion is not a registration gate:
+    it decides promotion to champion (trainflow.registry.promotion). Directions come from
     metric_directions; a gate on a metric it does not know raises UserFacingError.
     """
     failures = []
     for gate in gates:
         value = metrics.get(gate.metric)
         if value is None:
-            failures.append(f"{gate.metric} was not computed, so its gate cannot pass")
+            if gate.min is not None or gate.max is not None or gate.beat_base:
+                failures.append(f"{gate.metric} was not computed, so its gate cannot pass")
+            continue
+        if not math.isfinite(value):
+            failures.append(f"{gate.metric} = {value} is not a finite number, so its gate cannot pass")
             continue
         if gate.min is not None and value < gate.min:
             failures.append(f"{gate.metric} = {value:.4f} is below the minimum {gate.min:g}")
@@ -48,17 +53,15 @@ def failed_gates(gates: list[Gate], metrics: dict[str, float], champion: Champio
             base = metrics.get(f"base_{gate.metric}")
             if base is None:
                 failures.append(f"base_{gate.metric} was not computed, so 'beat the base model' cannot be checked")
+            elif not math.isfinite(base):
+                failures.append(f"base_{gate.metric} = {base} is not a finite number, so 'beat the base model' cannot be checked")
             elif (value >= base) if is_lower_better(gate.metric) else (value <= base):
                 failures.append(f"{gate.metric} = {value:.4f} does not beat the base model's {base:.4f}")
-        if gate.beat_champion:
-            failure = _champion_failure(gate, champion)
-            if failure:
-                failures.append(failure)
     return failures
 
 
-def _champion_failure(gate: Gate, champion: ChampionEvidence | None) -> str | None:
-    """Why a beat_champion gate fails, or None when it passes (also when there is no champion yet)."""
+def champion_shortfall(gate: Gate, champion: ChampionEvidence | None, margin: float = 0.0) -> str | None:
+    """Why the candidate does not beat the champion on `gate.metric` by `margin`, or None when it does (or none exists)."""
     if champion is None:
         return f"{gate.metric}: the champion comparison was not run, so 'beat the champion' cannot be checked"
     if champion.version is None:
@@ -68,9 +71,10 @@ def _champion_failure(gate: Gate, champion: ChampionEvidence | None) -> str | No
     result = champion.comparisons.get(gate.metric)
     if result is None:
         return f"{gate.metric}: no comparison with the champion was made, so 'beat the champion' cannot be checked"
-    if result["improvement_low"] > 0:
+    if result["improvement_low"] > margin:
         return None
     percent = f"{result['confidence']:.0%}"
+    bar = "better than the champion" if margin == 0 else f"better than the champion by more than {margin:g}"
     return (f"{gate.metric} = {result['a']:.4f} vs the champion's (version {champion.version}) {result['b']:.4f}: "
             f"improvement {result['improvement']:+.4f}, {percent} interval {result['improvement_low']:+.4f} to "
-            f"{result['improvement_high']:+.4f}, so it is not better than the champion with {percent} confidence")
+            f"{result['improvement_high']:+.4f}, so it is not {bar} with {percent} confidence")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from trainflow.redaction import redact_text
+from trainflow.errors import UserFacingError
 
 LOCAL_STATE_DIR = ".trainflow"
 
@@ -40,3 +42,46 @@ def flatten_params(payload: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = redact_text(str(value))[:6000]  # MLflow's param value limit
     return flat
+
+
+CONNECT_TRIES = 4
+CONNECT_FIRST_WAIT_S = 1.0
+
+
+def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float = CONNECT_FIRST_WAIT_S):
+    """An MlflowClient for `tracking_uri` once the store answers (also made MLflow's current tracking URI);
+    retried with doubling waits.
+
+    Raises UserFacingError (one sentence, credentials redacted) when it never answers, before
+    anything was written, so an unreachable server leaves no half-registered version.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    # MLflow prints "View run <name> at: <tracking URI>/..." when a run ends: that URL carries any credentials.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    # MLflow's HTTP client retries each request itself (7 times with long backoff by default); the waits here decide.
+    previous = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    wait, last_error = first_wait_s, ""
+    try:
+        for attempt in range(tries):
+            try:
+                client.search_experiments(max_results=1)
+                mlflow.set_tracking_uri(tracking_uri)  # MLflow's fluent API (log_model) writes to the same store
+                return client
+            except Exception as error:  # any failure to answer means the same: not reachable yet
+                last_error = " ".join(str(error).split())[:200]
+            if attempt < tries - 1:
+                time.sleep(wait)
+                wait *= 2
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    raise UserFacingError(f"the MLflow tracking store {redact_text(tracking_uri)} did not answer after {tries} tries "
+                          f"({redact_text(last_error)}); start it or fix register.tracking_uri / MLFLOW_TRACKING_URI, "
+                          "then retry (nothing was registered)")

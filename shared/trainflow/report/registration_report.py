@@ -14,7 +14,7 @@ def champion_lines(evidence: ChampionEvidence | None) -> list[str]:
     lines = ["## Champion comparison", ""]
     if evidence.version is None:
         return lines + [f"No champion yet: registered model `{evidence.model_name}` has no `{evidence.alias}` alias, "
-                        "so the beat_champion gates pass and a registered version becomes the first champion.", ""]
+                        "so a version that passes the gates becomes the first champion.", ""]
     lines += [f"Champion: `{evidence.model_name}` version {evidence.version} (alias `{evidence.alias}`), run on the "
               "candidate's test split; per-record paired bootstrap. Improvement is candidate − champion in the "
               "metric's better direction.", "",
@@ -33,8 +33,13 @@ def registration_markdown(outcome: dict[str, Any], numbers: dict[str, float], ev
     """The whole report: outcome, alias move, champion comparison, then every metric logged to MLflow."""
     lines = ["# Model registration", ""]
     if outcome["registered"]:
-        lines.append(f"Registered **{outcome['model_name']}** version **{outcome['model_version']}**; "
-                     f"alias `{outcome['champion_alias']}` now points to it (the champion the next candidate must beat).")
+        lines.append(f"Registered **{outcome['model_name']}** version **{outcome['model_version']}** as "
+                     f"`{outcome['challenger_alias']}`.")
+        if outcome["promoted"]:
+            lines.append(f"Alias `{outcome['champion_alias']}` now points to it (the champion the next candidate must "
+                         f"beat): {outcome['promotion_reason']}.")
+        else:
+            lines.append(f"Alias `{outcome['champion_alias']}` is unchanged; it {outcome['promotion_reason']}.")
     else:
         lines.append(f"**Not registered** ({outcome['model_name']}); alias `{outcome['champion_alias']}` is unchanged:")
         lines += [f"- {reason}" for reason in outcome["reasons"]]

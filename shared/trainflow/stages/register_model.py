@@ -1,34 +1,38 @@
-"""Stage 6: record the run in MLflow and register a model version if the gates pass."""
+"""Stage 6: record the run in MLflow and register a model version if the gates pass; challenger or champion."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.atomic_files import atomic_write_text
 from trainflow.config import RegisterConfig, parse_section
-from trainflow.registry.tracking import default_tracking_uri, ensure_experiment, flatten_params
 from trainflow.registry.gates import ChampionEvidence, failed_gates
 from trainflow.redaction import redact, redact_text, uri_with_environment_credentials
+from trainflow.registry.tracking import connect, default_tracking_uri, ensure_experiment, flatten_params
 
 
 def register_model(
     model_dir: str, dataset_metadata: dict[str, Any], eval_metrics: dict[str, Any], score_metrics: dict[str, Any],
     config: dict[str, Any], run_name: str, params: dict[str, Any], report: ArtifactLike,
     task: str = "text_to_image", predictions_dir: str | None = None, cache_dir: str | None = None, seed: int = 0,
+    pipeline_run_id: str = "",
 ) -> dict[str, Any]:
-    """Log params, metrics, the model folder and the dataset hash to MLflow; register only past the gates.
+    """Log params, metrics and the model (an MLflow Model) to MLflow; register a version only past the gates.
 
-    The MLflow run is recorded either way, so rejected candidates stay comparable.
-    beat_champion gates compare the evaluate stage's per-record outputs (`predictions_dir`)
-    with the champion version run on the same test split (`cache_dir`); a registered version
-    takes the champion alias. Outputs: `report` (Markdown) and its metadata: registered,
-    model_name, model_version, reasons (why not), champion_version, mlflow_run_id, tracking_uri.
+    The MLflow run is recorded either way, so rejected candidates stay comparable. A registered
+    version takes the challenger alias, and the champion alias when it beats the champion by
+    register.promotion_margin (trainflow.registry.promotion): per test record against the champion
+    run on the same split (`predictions_dir`, `cache_dir`) for tasks that keep per-record outputs,
+    by the recorded numbers otherwise. `pipeline_run_id` (the KFP run id) keys the work, so a retry
+    finishes what a crashed attempt started (trainflow.registry.registration). Outputs: `report`
+    (Markdown) and its metadata: registered, model_name, model_version, reasons (why not), promoted,
+    promotion_reason, champion_version, mlflow_run_id, tracking_uri (credentials redacted).
+    UserFacingError when the tracking store does not answer (nothing is registered then).
     """
-    import mlflow
-    from mlflow import MlflowClient
-
-    from trainflow.registry.champion import champion_evidence
+    from trainflow.registry import registration as steps
     from trainflow.report.registration_report import registration_markdown
 
     cfg: RegisterConfig = parse_section(RegisterConfig, config, "the register section")
@@ -37,39 +41,58 @@ def register_model(
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
         # The client may need the credentials (a database URI); everything recorded gets the redacted URI.
         tracking_uri = uri_with_environment_credentials(cfg.tracking_uri or default_tracking_uri())
-        mlflow.set_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        evidence = champion_evidence(cfg, client, tracking_uri, task, predictions_dir, cache_dir, seed)
-        reasons = failed_gates(cfg.gates, numbers, evidence)
+        client = connect(tracking_uri)
+        experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
+        run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name)
+        run_id = run.info.run_id
         dataset_hash = str(dataset_metadata.get("content_sha256", "unknown"))
-        tags = {
-            "trainflow.dataset_sha256": dataset_hash,
-            "trainflow.stop_reason": str(eval_metrics.get("stop_reason", "")),
-            "trainflow.gates": "passed" if not reasons else "failed: " + "; ".join(reasons),
-            "trainflow.champion_version": _champion_tag(evidence),
-        }
-        run_id, model_info = _record_run(client, cfg, tracking_uri, run_name, params,
-                                         {**numbers, **_champion_numbers(evidence)}, tags, model_dir, task)
-        version = None if reasons else _register_version(client, cfg, run_id, model_info, dataset_hash, run_name)
+        with tempfile.TemporaryDirectory(prefix="trainflow-register-") as scratch:
+            decision = steps.saved_decision(client, run_id, Path(scratch))
+        if decision is None:
+            decision = _decide(cfg, client, tracking_uri, task, numbers, predictions_dir, cache_dir, seed)
+            tags = {"trainflow.dataset_sha256": dataset_hash, "trainflow.stop_reason": str(eval_metrics.get("stop_reason", "")),
+                    "trainflow.gates": "passed" if not decision["reasons"] else "failed: " + "; ".join(decision["reasons"]),
+                    "trainflow.champion_version": str(decision["champion_version"] or "none yet"),
+                    "trainflow.promotion": decision["promotion"]["reason"] if not decision["reasons"] else "not registered"}
+            evidence = steps.evidence_from(decision["evidence"])
+            steps.record_decision(client, run_id, decision, flatten_params(params),
+                                  {**numbers, **_champion_numbers(evidence)}, {k: redact_text(v)[:5000] for k, v in tags.items()})
+        evidence = steps.evidence_from(decision["evidence"])
+        model = steps.logged_model(client, run, task, model_dir)
+        version = None
+        if not decision["reasons"]:
+            from trainflow.registry.promotion import PromotionDecision, apply_decision
+
+            version = steps.version_of_run(client, cfg.model_name, run_id, model, {"dataset_sha256": dataset_hash},
+                                           f"trainflow run {run_name}")
+            apply_decision(client, cfg, version, PromotionDecision(**decision["promotion"]))
+        steps.finish(client, run_id)
+        promoted = version is not None and decision["promotion"]["promote"]
         outcome = {
             "registered": version is not None, "model_name": cfg.model_name, "model_version": version,
-            "reasons": redact(reasons), "mlflow_run_id": run_id, "tracking_uri": redact_text(tracking_uri),
-            "dataset_sha256": dataset_hash,
-            "champion_alias": cfg.champion_alias, "champion_version": evidence.version if evidence else None,
+            "reasons": redact(decision["reasons"]), "mlflow_run_id": run_id, "tracking_uri": redact_text(tracking_uri),
+            "dataset_sha256": dataset_hash, "champion_alias": cfg.champion_alias, "challenger_alias": cfg.challenger_alias,
+            "promoted": promoted, "promotion_reason": decision["promotion"]["reason"] if version is not None else "",
+            "champion_version": decision["champion_version"],
         }
         report.metadata.update(outcome)
-        atomic_write_text(report.path, registration_markdown(outcome, numbers, evidence))
-        if version is not None:
-            print(f"register: registered {cfg.model_name} version {version} as '{cfg.champion_alias}' (MLflow run {run_id})")
+        atomic_write_text(report.path, registration_markdown(outcome, decision["numbers"], evidence))
+        if version is None:
+            print(f"register: not registered: {'; '.join(decision['reasons'])} (MLflow run {run_id} recorded)")
         else:
-            print(f"register: not registered: {'; '.join(reasons)} (MLflow run {run_id} recorded)")
+            alias = cfg.champion_alias if promoted else cfg.challenger_alias
+            print(f"register: registered {cfg.model_name} version {version} as '{alias}': {outcome['promotion_reason']} "
+                  f"(MLflow run {run_id})")
     return {**outcome, "champion": _champion_summary(evidence)}
 
 
-def _record_run(client, cfg: RegisterConfig, tracking_uri: str, run_name: str, params: dict[str, Any],
-                metrics: dict[str, float], tags: dict[str, str], model_dir: str, task: str):
-    """One MLflow run with the params, metrics, tags and the model folder logged as an MLflow Model; (run id, ModelInfo)."""
-    import mlflow
+def _decide(cfg: RegisterConfig, client, tracking_uri: str, task: str, numbers: dict[str, float],
+            predictions_dir: str | None, cache_dir: str | None, seed: int) -> dict[str, Any]:
+    """The gates' verdict and, for a candidate that passes, whether it takes the champion alias (JSON-ready)."""
+    from trainflow.registry import promotion
+    from trainflow.registry.champion import champion_evidence
+    from trainflow.registry.registration import champion_numbers, evidence_summary
+    from trainflow.tasks import get_task
 
     from trainflow.registry.mlflow_model import log_served_model
 
@@ -91,6 +114,21 @@ def _register_version(client, cfg: RegisterConfig, run_id: str, model_info, data
     )
     client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, str(model_version.version))
     return int(model_version.version)
+    definition = get_task(task)
+    reasons = failed_gates(cfg.gates, numbers)
+    gates = promotion.comparison_gates(cfg, definition.compares_per_record, definition.headline_keys()[0])
+    evidence, decision = None, promotion.PromotionDecision(False, "not registered")
+    if definition.compares_per_record:
+        evidence = champion_evidence(cfg, gates, client, tracking_uri, task, predictions_dir, cache_dir, seed)
+        champion_version = evidence.version if evidence else None
+        if not reasons:
+            decision = promotion.decide_by_bootstrap(gates, evidence, cfg.promotion_margin)
+    else:
+        champion_version, recorded = champion_numbers(client, cfg)
+        if not reasons:
+            decision = promotion.decide_by_numbers(gates, numbers, champion_version, recorded, cfg.promotion_margin)
+    return {"reasons": reasons, "numbers": numbers, "evidence": evidence_summary(evidence),
+            "champion_version": champion_version, "promotion": {"promote": decision.promote, "reason": decision.reason}}
 
 
 def _champion_numbers(evidence: ChampionEvidence | None) -> dict[str, float]:
@@ -104,23 +142,7 @@ def _champion_numbers(evidence: ChampionEvidence | None) -> dict[str, float]:
     return numbers
 
 
-def _champion_tag(evidence: ChampionEvidence | None) -> str:
-    if evidence is None:
-        return "not compared (no beat_champion gate)"
-    return "none yet" if evidence.version is None else str(evidence.version)
-
-
 def _champion_summary(evidence: ChampionEvidence | None) -> dict[str, Any] | None:
     if evidence is None:
         return None
     return {"version": evidence.version, "comparisons": evidence.comparisons, "unavailable": evidence.unavailable}
-
-
-def _registered_model_exists(client, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-        return True
-    except MlflowException:
-        return False
