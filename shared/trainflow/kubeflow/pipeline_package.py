@@ -40,12 +40,6 @@ def compile_pipeline_package(config: Any, pipeline: str, output: Path) -> Path:
 
     if pipeline not in PIPELINES:
         raise UserFacingError(f"unknown pipeline '{pipeline}'; choose one of: {', '.join(PIPELINES)}")
-    from trainflow.redaction import has_credentials
-
-    if has_credentials(config.registration.tracking_uri):  # a compiled pipeline is a file anyone with the UI reads
-        raise UserFacingError("register.tracking_uri carries credentials, which a compiled pipeline would hold in "
-                              "plain text; write the URI without them and put MLFLOW_TRACKING_USERNAME/PASSWORD (or "
-                              "MLFLOW_TRACKING_TOKEN) in the Secret named by platform.mlflow_secret")
     module_name, function_name = PIPELINES[pipeline]
     try:
         module = importlib.import_module(module_name)
@@ -56,6 +50,12 @@ def compile_pipeline_package(config: Any, pipeline: str, output: Path) -> Path:
             f"pipeline '{pipeline}' is not available: module {module_name} is missing from this checkout; "
             f"pass --pipeline with one of the pipelines under pipelines/"
         ) from None
+    from trainflow.redaction import has_credentials
+
+    if has_credentials(config.registration.tracking_uri):  # a compiled pipeline is a file anyone with the UI reads
+        raise UserFacingError("register.tracking_uri carries credentials, which a compiled pipeline would hold in "
+                              "plain text; write the URI without them and put MLFLOW_TRACKING_USERNAME/PASSWORD (or "
+                              "MLFLOW_TRACKING_TOKEN) in the Secret named by platform.mlflow_secret")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     # A module with `pipeline_for(config)` builds its pipeline from the config's compile-time `platform` section.
