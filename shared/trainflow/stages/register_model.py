@@ -94,26 +94,6 @@ def _decide(cfg: RegisterConfig, client, tracking_uri: str, task: str, numbers: 
     from trainflow.registry.registration import champion_numbers, evidence_summary
     from trainflow.tasks import get_task
 
-    from trainflow.registry.mlflow_model import log_served_model
-
-    experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params(flatten_params(params))
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(redact(tags))
-        return run.info.run_id, log_served_model(task, model_dir)
-
-
-def _register_version(client, cfg: RegisterConfig, run_id: str, model_info, dataset_hash: str, run_name: str) -> int:
-    """A new registry version of the run's logged MLflow Model, which takes the champion alias."""
-    if not _registered_model_exists(client, cfg.model_name):
-        client.create_registered_model(cfg.model_name, description="Registered by trainflow")
-    model_version = client.create_model_version(
-        cfg.model_name, source=model_info.model_uri, run_id=run_id, model_id=model_info.model_id,
-        tags={"dataset_sha256": dataset_hash}, description=f"trainflow run {run_name}",
-    )
-    client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, str(model_version.version))
-    return int(model_version.version)
     definition = get_task(task)
     reasons = failed_gates(cfg.gates, numbers)
     gates = promotion.comparison_gates(cfg, definition.compares_per_record, definition.headline_keys()[0])
