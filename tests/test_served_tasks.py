@@ -1,7 +1,9 @@
 """text_classification, autoencoder and semi_supervised register as MLflow Models that predict in a fresh process.
 
 Each model is a tiny one trained here in seconds (the tasks' own test settings); the three are registered in
-one SQLite registry and loaded by `models:/NAME@champion` in one new interpreter, which also sends bad requests.
+one SQLite registry and loaded by `models:/NAME@champion` in one new interpreter, which also sends bad requests
+(those tests are slow: the interpreter imports torch, MLflow and transformers). The serving forms' own checks run
+without MLflow, fast.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -104,6 +107,7 @@ def served(tmp_path_factory, folders) -> dict:
     return fresh_python(LOAD_AND_PREDICT, f"sqlite:///{root / 'mlflow.db'}", timeout=240)
 
 
+@pytest.mark.slow  # shares one new interpreter that loads the three models: ~20 s on a busy 2-core machine
 def test_a_registered_text_classifier_takes_a_text_column_and_returns_named_probabilities(served):
     assert served["text_inputs"] == ["text"]
     for answer in (served["text"], served["text_example"]):
@@ -114,11 +118,13 @@ def test_a_registered_text_classifier_takes_a_text_column_and_returns_named_prob
     assert [row["predicted_class"] for row in served["text"]["rows"]] == ["weather", "cooking"]
 
 
+@pytest.mark.slow  # shares one new interpreter that loads the three models: ~20 s on a busy 2-core machine
 def test_a_text_request_without_texts_or_with_a_missing_one_is_refused_in_one_sentence(served):
     assert served["text_without_column"] is not None and "text" in served["text_without_column"][1]
     one_sentence(served["text_not_a_string"], "UserFacingError", "row 1 of the `text` column is missing")
 
 
+@pytest.mark.slow  # shares one new interpreter that loads the three models: ~20 s on a busy 2-core machine
 def test_a_registered_autoencoder_scores_images_by_reconstruction_error_and_returns_pngs_on_request(served):
     assert served["autoencoder_example"]["columns"] == ["reconstruction_mse"]
     assert served["autoencoder"]["columns"] == ["reconstruction_mse", "reconstruction_png_base64"]
@@ -128,6 +134,7 @@ def test_a_registered_autoencoder_scores_images_by_reconstruction_error_and_retu
     one_sentence(served["autoencoder_8_bit"], "UserFacingError", "values outside [0, 1]")
 
 
+@pytest.mark.slow  # shares one new interpreter that loads the three models: ~20 s on a busy 2-core machine
 def test_a_registered_semi_supervised_model_serves_as_a_classifier(served):
     digits = [str(digit) for digit in range(10)]
     for answer in (served["semi"], served["semi_example"]):
@@ -144,7 +151,7 @@ def test_the_autoencoder_schema_says_the_trained_size_and_serve_refuses_another_
     assert schema.inputs.shape == (-1, 3, 8, 8) and schema.example.shape == (1, 3, 8, 8)
     assert schema.optional_outputs == {"reconstruction_png_base64"}
     predictor = definition.load_for_prediction(folders["autoencoder"])
-    expected = predictor.anomaly_scores(__import__("torch").full((1, 3, 8, 8), 0.5)).double().numpy()
+    expected = predictor.anomaly_scores(torch.full((1, 3, 8, 8), 0.5)).double().numpy()
     np.testing.assert_allclose(definition.serve(predictor, schema.example, {})["reconstruction_mse"], expected, rtol=1e-6)
     with pytest.raises(UserFacingError, match=r"shape \(2, 3, 4, 4\); send images as float32 \(N, 3, 8, 8\)"):
         definition.serve(predictor, np.zeros((2, 3, 4, 4), "float32"), {})
@@ -162,3 +169,21 @@ def test_a_bad_text_request_is_one_sentence(folders, request_input):
     with pytest.raises(UserFacingError) as refused:
         definition.serve(predictor, pd.DataFrame(request_input), {})
     assert "\n" not in str(refused.value) and "text" in str(refused.value)
+
+
+def test_the_text_schema_names_the_classes_and_serve_answers_in_batches(folders, monkeypatch):
+    import pandas as pd
+
+    from trainflow.tasks import text_classification_serving
+
+    definition = get_task("text_classification")
+    schema = definition.serving_schema(folders["text_classification"])
+    assert schema.inputs == {"text": "string"} and list(schema.example.columns) == ["text"]
+    assert list(schema.outputs) == ["predicted_class"] + [f"probability_{name}" for name in TOPICS]
+    predictor = definition.load_for_prediction(folders["text_classification"])
+    texts = ["storm wind rain thunder", "bake oven flour sugar", "goal match referee striker", ""]
+    whole = definition.serve(predictor, pd.DataFrame({"text": texts}), {})
+    monkeypatch.setattr(text_classification_serving, "BATCH_SIZE", 3)  # a request longer than one batch
+    batched = definition.serve(predictor, pd.DataFrame({"text": texts}), {})
+    assert list(whole.columns) == list(schema.outputs) and len(whole) == 4
+    pd.testing.assert_frame_equal(whole, batched, atol=1e-6)
