@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -187,3 +189,38 @@ def test_the_text_schema_names_the_classes_and_serve_answers_in_batches(folders,
     batched = definition.serve(predictor, pd.DataFrame({"text": texts}), {})
     assert list(whole.columns) == list(schema.outputs) and len(whole) == 4
     pd.testing.assert_frame_equal(whole, batched, atol=1e-6)
+
+
+CELLS = st.one_of(st.text(max_size=20), st.none(), st.integers(), st.floats(allow_nan=True), st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(CELLS, max_size=6))
+def test_any_text_column_gives_its_texts_or_one_sentence_naming_the_row(cells):
+    import pandas as pd
+
+    from trainflow.tasks.text_classification_serving import request_texts
+
+    try:
+        texts = request_texts(pd.DataFrame({"text": pd.Series(cells, dtype=object)}))
+    except UserFacingError as refused:
+        message = str(refused)
+        assert "\n" not in message and ("row " in message or "holds no texts" in message)
+        return
+    assert texts == cells and all(isinstance(text, str) for text in texts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=0, max_size=4).map(tuple), st.one_of(st.floats(-2, 300), st.just(float("nan")), st.just(float("inf"))))
+def test_any_array_gives_images_of_the_trained_size_or_one_sentence(shape, fill):
+    from types import SimpleNamespace
+
+    from trainflow.tasks.autoencoder_serving import request_images
+
+    predictor = SimpleNamespace(model=SimpleNamespace(build_config={"in_channels": 3, "resolution": 8}))
+    try:
+        images = request_images(predictor, np.full(shape, fill, dtype=np.float32))
+    except UserFacingError as refused:
+        assert "\n" not in str(refused) and "(N, 3, 8, 8)" in str(refused)
+        return
+    assert images.shape[1:] == (3, 8, 8) and len(images) and 0 <= fill <= 1
