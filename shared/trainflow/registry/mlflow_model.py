@@ -18,13 +18,13 @@ LOGGED_MODEL_NAME = "model"
 RUNTIME_PACKAGES = ("mlflow", "torch", "safetensors", "numpy", "pandas", "pillow", "diffusers", "transformers")
 
 
-def _schema(side: dict[str, str] | ServingTensor):
+def _schema(side: dict[str, str] | ServingTensor, optional: frozenset[str] = frozenset()):
     import numpy as np
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     if isinstance(side, ServingTensor):
         return Schema([TensorSpec(np.dtype(side.dtype), side.shape)])
-    return Schema([ColSpec(kind, name) for name, kind in side.items()])
+    return Schema([ColSpec(kind, name, required=name not in optional) for name, kind in side.items()])
 
 
 def model_signature(schema: ServingSchema):
@@ -34,7 +34,7 @@ def model_signature(schema: ServingSchema):
 
     kinds = {bool: "boolean", int: "long", float: "double", str: "string"}
     params = ParamSchema([ParamSpec(name, kinds[type(default)], default) for name, default in schema.params.items()])
-    return ModelSignature(inputs=_schema(schema.inputs), outputs=_schema(schema.outputs),
+    return ModelSignature(inputs=_schema(schema.inputs), outputs=_schema(schema.outputs, schema.optional_outputs),
                           params=params if schema.params else None)
 
 

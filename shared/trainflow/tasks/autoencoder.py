@@ -240,6 +240,17 @@ class AutoencoderDefinition(TaskDefinition):
             raise UserFacingError(f"{folder} holds a {meta.get('task')} model, not an autoencoder")
         return AutoencoderPredictor(model, meta)
 
+    def serving_schema(self, folder: Path):
+        from trainflow.tasks.autoencoder_serving import autoencoder_schema
+
+        return autoencoder_schema(folder)
+
+    def serve(self, predictor: AutoencoderPredictor, model_input: Any, params: dict[str, Any]) -> Any:
+        """Images in; reconstruction_mse (and, asked for, the reconstruction as PNG) out (tasks.autoencoder_serving)."""
+        from trainflow.tasks.autoencoder_serving import serve_images
+
+        return serve_images(predictor, model_input, params)
+
     def metric_function(self, names: list[str]) -> MetricFunction:
         return autoencoder_metrics
 

@@ -107,12 +107,14 @@ class ServingSchema:
     params: what a request may set beside the inputs, name -> default (int, float or str).
     example: a small real input (a pandas DataFrame or a numpy array) built from the model folder, or
       (input, params) when the example request sets parameters.
+    optional_outputs: output columns present only when a request parameter asks for them.
     """
 
     inputs: dict[str, str] | ServingTensor
     outputs: dict[str, str] | ServingTensor
     params: dict[str, Any]
     example: Any
+    optional_outputs: frozenset[str] = frozenset()
 
 
 class Predictor(Protocol):

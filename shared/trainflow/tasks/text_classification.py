@@ -202,6 +202,18 @@ class TextClassificationDefinition(TaskDefinition):
         model, tokenizer, meta = load_text_classifier(Path(folder))
         return TextPredictor(model, tokenizer, meta)
 
+    def serving_schema(self, folder: Path):
+        from trainflow.tasks.supervised_serving import read_folder_config
+        from trainflow.tasks.text_classification_serving import text_classification_schema
+
+        return text_classification_schema(list(read_folder_config(folder)["class_names"]))
+
+    def serve(self, predictor: TextPredictor, model_input: Any, params: dict[str, Any]) -> Any:
+        """A `text` column in; predicted_class and probability_<class> columns out (tasks.text_classification_serving)."""
+        from trainflow.tasks.text_classification_serving import serve_texts
+
+        return serve_texts(predictor, model_input, params)
+
     def test_outputs(self, request: TestRequest):
         from trainflow.data.cache.attrs import read_cache_dataset_hash
         from trainflow.evaluation.checkpoint_models import load_checkpoint_weights
