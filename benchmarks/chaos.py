@@ -2,8 +2,8 @@
 server during registration; every run must end exactly as an uninterrupted one does.
 
 Faults (seeded by --seed; each on a fresh state folder, against that pipeline's uninterrupted run):
-  kill    `trainflow run` runs in its own process group; after a random share of the uninterrupted run's wall
-          time the whole group gets SIGKILL (a node lost) or SIGTERM (a pod preempted: the training engine
+  kill    `trainflow run` runs in its own process group; at a random moment (every other kill within the span the
+          uninterrupted run spent in its train stage, the rest anywhere in it) the whole group gets SIGKILL (a node lost) or SIGTERM (a pod preempted: the training engine
           checkpoints within its grace budget; whatever still runs after 60 s gets SIGKILL). The same command
           then runs again in the same state folder, as a retry would, and resumes from the checkpoints there.
   disk    the train stage's 3rd checkpoint write fails with ENOSPC, injected at the write layer inside the stage's
@@ -115,6 +115,7 @@ class Run:
     exit_code: int
     seconds: float
     lines: list[str] = field(default_factory=list)
+    train_span: tuple[float, float] | None = None  # seconds after the start when the train stage began and ended
 
 
 def pipeline_config(name: str, work: Path, tracking_uri: str) -> Path:
@@ -157,10 +158,14 @@ def run_pipeline(config: Path, state: Path, env: dict[str, str], kill: tuple[flo
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                cwd=ROOT, start_new_session=True)
     lines: list[str] = []
+    train: list[float] = []
 
     def read() -> None:
         for line in process.stdout:  # type: ignore[union-attr]
             lines.append(line.rstrip("\n"))
+            plain = ANSI.sub("", line)
+            if "Executing task 'train'" in plain or "Task 'train' finished" in plain:
+                train.append(time.monotonic() - started)
             if on_line is not None:
                 on_line(line)
 
@@ -181,7 +186,7 @@ def run_pipeline(config: Path, state: Path, env: dict[str, str], kill: tuple[flo
                 os.killpg(process.pid, signal.SIGKILL)  # a stage the parent left behind dies with its "pod"
     code = process.wait()
     reader.join(timeout=30)
-    return Run(code, time.monotonic() - started, lines)
+    return Run(code, time.monotonic() - started, lines, (train[0], train[1]) if len(train) == 2 else None)
 
 
 def outcome(state: Path) -> Outcome:
@@ -200,6 +205,7 @@ def outcome(state: Path) -> Outcome:
     return Outcome(digest.hexdigest(), result)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STEP_LINE = re.compile(r"train: step (\d+) ")
 RESUMED_LINE = re.compile(r"train: resuming from checkpoint step-(\d+)")
 
@@ -218,10 +224,12 @@ def compare(fault: Fault, state: Path, baseline: Outcome) -> None:
     fault.same_result = found.result is not None and found.result == baseline.result
 
 
-def kill_fault(pipeline: str, config: Path, work: Path, baseline: tuple[Outcome, float], rng: random.Random,
+def kill_fault(pipeline: str, config: Path, work: Path, baseline: tuple[Outcome, Run], rng: random.Random,
                index: int, env: dict[str, str]) -> Fault:
     signum = rng.choice((signal.SIGKILL, signal.SIGTERM))
-    delay = round(rng.uniform(0.05, 0.95) * baseline[1], 1)
+    span = baseline[1].train_span if index % 2 == 0 and baseline[1].train_span else (0.05 * baseline[1].seconds,
+                                                                                     0.95 * baseline[1].seconds)
+    delay = round(rng.uniform(*span), 1)
     state = work / f"{pipeline}-kill-{index}"
     fault = Fault(pipeline, signal.Signals(signum).name, delay)
     first = run_pipeline(config, state, env, kill=(delay, signum))
@@ -378,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(run.lines[-20:]), file=sys.stderr)
                 print(f"chaos: the uninterrupted {pipeline} run failed (exit {run.exit_code})", file=sys.stderr)
                 return 1
-            baselines[pipeline] = (outcome(work / f"{pipeline}-uninterrupted"), run.seconds)
-            print(f"chaos: uninterrupted {pipeline} run: {run.seconds:.0f} s", flush=True)
+            baselines[pipeline] = (outcome(work / f"{pipeline}-uninterrupted"), run)
+            span = f"; train stage {run.train_span[0]:.0f}-{run.train_span[1]:.0f} s" if run.train_span else ""
+            print(f"chaos: uninterrupted {pipeline} run: {run.seconds:.0f} s{span}", flush=True)
         for index in range(kills):
             pipeline = pipelines[index % len(pipelines)]
             faults.append(kill_fault(pipeline, configs[pipeline], work, baselines[pipeline], rng, index, env))
