@@ -13,7 +13,7 @@ IMAGE_CUDA = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)
 IMAGE_CPU = $(IMAGE_REGISTRY)/trainflow:$(IMAGE_TAG)-cpu
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 
-.PHONY: setup run test test-fast compile demo-assets images lock clean report-screenshot bench-train
+.PHONY: setup run test test-extended test-fast compile demo-assets images lock clean report-screenshot bench-train
 
 setup: $(STAMP)
 
@@ -27,8 +27,12 @@ run: setup
 	$(BIN)/trainflow demo-assets
 	$(BIN)/trainflow run --config $(DEMO_CONFIG)
 
+# Everything but the extended campaigns (whole-pipeline fault runs), which `make test-extended` adds.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not extended"
+
+test-extended: setup
+	$(BIN)/python -m pytest -m extended
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"

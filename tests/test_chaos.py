@@ -89,6 +89,7 @@ def test_lost_steps_are_the_logged_steps_the_rerun_did_again():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_the_smoke_campaign_kills_a_regression_run_and_its_rerun_ends_as_the_uninterrupted_one(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chaos.py"), "--smoke", "--seed", "3",
                              "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=1200,
