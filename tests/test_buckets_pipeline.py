@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_digits_on_mixed_canvases_run_end_to_end_with_trainflow_run(tmp_path, tiny_base_model, digits_classifier, capsys):
     from trainflow.cli import main
     from trainflow.demo.digits_dataset import write_mixed_aspect_digits

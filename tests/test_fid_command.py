@@ -96,7 +96,7 @@ def test_stand_in_features_tell_image_sets_apart(with_weights, folders, dims):
     assert apart > 1.5 * halves
 
 
-@pytest.mark.parametrize("dims", [192, pytest.param(2048, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("dims", [192, pytest.param(2048, marks=[pytest.mark.slow, pytest.mark.extended])])
 def test_equals_pytorch_fid_on_the_same_folders_and_weights(with_weights, folders, dims, tmp_path, capsys):
     code, out, err = run_cli(str(folders["a"]), str(folders["inverted"]), "--dims", str(dims), "--json", str(tmp_path / "fid.json"), capsys=capsys)
     assert code == 0 and err == ""
