@@ -29,7 +29,7 @@ def register(model_dir: str, tmp: Path, name: str, task: str, dataset: dict, met
 
 def fresh_python(code: str, tracking_uri: str, timeout: int = 120) -> dict:
     """Run `code` in a new interpreter (nothing of this process's imports) and return the JSON it prints last."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri,
            "PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -129,7 +129,10 @@ def mlflow_server(tmp_path):
 
     hooks = mlflow.server.app.before_request_funcs.setdefault(None, [])
     hooks.append(record_auth)
-    with environment_variables(variables):
+    # The server's handlers export their store as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI when they first build
+    # it; restoring them keeps later tests (and the processes they start) off this server's store.
+    leaked = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    with environment_variables(variables), environment_variables({k: v for k, v in leaked.items() if v is not None}):
         handlers._tracking_store = handlers._model_registry_store = None
         server = make_server("127.0.0.1", 0, mlflow.server.app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -140,6 +143,9 @@ def mlflow_server(tmp_path):
             server.shutdown()
             hooks.remove(record_auth)
             handlers._tracking_store = handlers._model_registry_store = None
+            for name, value in leaked.items():
+                if value is None:
+                    os.environ.pop(name, None)
 
 
 @pytest.mark.slow
