@@ -118,7 +118,8 @@ def test_register_records_the_run_and_registers_only_past_the_gates(chain, tmp_p
     assert "Not registered" in (tmp_path / "no.md").read_text()
 
     from mlflow import MlflowClient
-    client = MlflowClient(config["register"]["tracking_uri"])
+    uri = config["register"]["tracking_uri"]
+    client = MlflowClient(uri, registry_uri=uri)  # else the registry is MLflow's process-wide default
     run = client.get_run(failing["mlflow_run_id"])
     assert run.data.tags["trainflow.dataset_sha256"] == out["dataset"].metadata["content_sha256"]
     assert [v.version for v in client.search_model_versions("name='test-model'")] == [1]
