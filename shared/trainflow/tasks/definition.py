@@ -240,3 +240,29 @@ class TaskDefinition(abc.ABC):
 
     def headline_keys(self) -> list[str]:
         return [spec.key for spec in self.headline_metrics]
+
+
+def predictor_test_outputs(task: TaskDefinition, request: TestRequest):
+    """Per-record test outputs of the exported best model and, when it fits the model, the last checkpoint.
+
+    For tasks whose predictor (from `load_for_prediction`) has `model`, `names` and
+    `record_outputs(cache_dir, batch_size, device) -> (outputs, truth)`. A last checkpoint that does not
+    fit is dropped with its reason on `request.last`, so the report says why only the best was scored.
+    """
+    from trainflow.data.cache.attrs import read_cache_dataset_hash
+    from trainflow.evaluation.checkpoint_models import load_checkpoint_weights
+    from trainflow.evaluation.record_outputs import RecordOutputs, test_record_ids
+
+    predictor = task.load_for_prediction(request.model_dir)
+    batch_size, last = request.evaluate_cfg.batch_size, request.last
+    best, truth = predictor.record_outputs(request.cache_dir, batch_size, request.device)
+    outputs = {"best": best}
+    if last.checkpoint is not None:
+        try:
+            rebuilt = task.load_for_prediction(request.model_dir)
+            rebuilt.model = load_checkpoint_weights(rebuilt.model, last.checkpoint)
+            outputs["last"] = rebuilt.record_outputs(request.cache_dir, batch_size, request.device)[0]
+        except ValueError as error:
+            last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
+    return RecordOutputs(task.name, predictor.names, truth, outputs, test_record_ids(request.cache_dir),
+                         read_cache_dataset_hash(request.cache_dir))

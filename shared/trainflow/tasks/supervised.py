@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from trainflow.config import CacheConfig, IngestConfig, ModelConfig, TrainConfig
 from trainflow.config.training import DiffusionTrainingConfig, LossConfig
 from trainflow.errors import UserFacingError
-from trainflow.tasks.definition import ServingSchema, ServingTensor, TaskDefinition, TestRequest
+from trainflow.tasks.definition import ServingSchema, ServingTensor, TaskDefinition, TestRequest, predictor_test_outputs
 
 
 class SupervisedTraining(abc.ABC):
@@ -220,20 +220,4 @@ class SupervisedDefinition(TaskDefinition):
         return self.served(predictor.predict(input_tensor(predictor, model_input)), predictor.names)
 
     def test_outputs(self, request: TestRequest):
-        from trainflow.data.cache.attrs import read_cache_dataset_hash
-        from trainflow.evaluation.checkpoint_models import load_checkpoint_weights
-        from trainflow.evaluation.record_outputs import RecordOutputs, test_record_ids
-
-        predictor = self.load_for_prediction(request.model_dir)
-        batch_size, last = request.evaluate_cfg.batch_size, request.last
-        best, truth = predictor.record_outputs(request.cache_dir, batch_size, request.device)
-        outputs = {"best": best}
-        if last.checkpoint is not None:
-            try:
-                rebuilt = self.load_for_prediction(request.model_dir)
-                rebuilt.model = load_checkpoint_weights(rebuilt.model, last.checkpoint)
-                outputs["last"] = rebuilt.record_outputs(request.cache_dir, batch_size, request.device)[0]
-            except ValueError as error:
-                last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
-        return RecordOutputs(self.name, predictor.names, truth, outputs, test_record_ids(request.cache_dir),
-                             read_cache_dataset_hash(request.cache_dir))
+        return predictor_test_outputs(self, request)

@@ -23,7 +23,9 @@ from trainflow.config.data_loading import TransformsConfig
 from trainflow.config.text_encoder import TextEncoderConfig
 from trainflow.config.training import DiffusionTrainingConfig
 from trainflow.errors import UserFacingError
-from trainflow.tasks.definition import MetricFunction, MetricSpec, RecordNeeds, Reference, TaskDefinition, TestRequest
+from trainflow.tasks.definition import (
+    MetricFunction, MetricSpec, RecordNeeds, Reference, TaskDefinition, TestRequest, predictor_test_outputs,
+)
 
 TFIDF_BASELINE = Reference("TF-IDF + LogisticRegression (same split)", "baseline_tfidf_")
 BASELINE_C_GRID = (0.1, 1.0, 10.0, 100.0)  # the baseline's regularisation, chosen on the val split like the model's epochs
@@ -215,23 +217,7 @@ class TextClassificationDefinition(TaskDefinition):
         return serve_texts(predictor, model_input, params)
 
     def test_outputs(self, request: TestRequest):
-        from trainflow.data.cache.attrs import read_cache_dataset_hash
-        from trainflow.evaluation.checkpoint_models import load_checkpoint_weights
-        from trainflow.evaluation.record_outputs import RecordOutputs, test_record_ids
-
-        predictor = self.load_for_prediction(request.model_dir)
-        batch_size, last = request.evaluate_cfg.batch_size, request.last
-        best, truth = predictor.record_outputs(request.cache_dir, batch_size, request.device)
-        outputs = {"best": best}
-        if last.checkpoint is not None:
-            try:
-                rebuilt = self.load_for_prediction(request.model_dir)
-                rebuilt.model = load_checkpoint_weights(rebuilt.model, last.checkpoint)
-                outputs["last"] = rebuilt.record_outputs(request.cache_dir, batch_size, request.device)[0]
-            except ValueError as error:
-                last.reason, last.checkpoint = f"the last checkpoint does not fit the model ({error})", None
-        return RecordOutputs(self.name, predictor.names, truth, outputs, test_record_ids(request.cache_dir),
-                             read_cache_dataset_hash(request.cache_dir))
+        return predictor_test_outputs(self, request)
 
     def metric_function(self, names: list[str]) -> MetricFunction:
         from trainflow.metrics.supervised import classification_metrics
