@@ -344,14 +344,21 @@ def mlflow_fault(work: Path, baseline: Outcome, env: dict[str, str]) -> Fault:
     return fault
 
 
+TABLE_HEADER = (f"{'#':>2} {'pipeline':<10} {'fault':<11} {'at s':>6} {'1st exit':>8} {'final':>5} {'weights':>7} "
+                f"{'result':>6} {'lost':>4}  survived  note")
+
+
+def table_row(number: int, f: Fault) -> str:
+    at = f"{f.at_seconds:.1f}" if f.at_seconds is not None else "-"
+    return (f"{number:>2} {f.pipeline:<10} {f.kind:<11} {at:>6} {f.first_exit!s:>8} {f.final_exit!s:>5} "
+            f"{'same' if f.same_weights else 'DIFF':>7} {'same' if f.same_result else 'DIFF':>6} {f.lost_steps:>4}  "
+            f"{'yes' if f.survived else 'NO':<8}  {f.note}")
+
+
 def print_table(faults: list[Fault]) -> None:
-    print(f"{'#':>2} {'pipeline':<10} {'fault':<11} {'at s':>6} {'1st exit':>8} {'final':>5} {'weights':>7} "
-          f"{'result':>6} {'lost':>4}  survived  note")
+    print(TABLE_HEADER)
     for number, f in enumerate(faults, 1):
-        at = f"{f.at_seconds:.1f}" if f.at_seconds is not None else "-"
-        print(f"{number:>2} {f.pipeline:<10} {f.kind:<11} {at:>6} {f.first_exit!s:>8} {f.final_exit!s:>5} "
-              f"{'same' if f.same_weights else 'DIFF':>7} {'same' if f.same_result else 'DIFF':>6} {f.lost_steps:>4}  "
-              f"{'yes' if f.survived else 'NO':<8}  {f.note}")
+        print(table_row(number, f))
     injected: dict[str, list[int]] = {}
     for f in faults:
         counts = injected.setdefault(f.kind, [0, 0])
@@ -392,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(kills):
             pipeline = pipelines[index % len(pipelines)]
             faults.append(kill_fault(pipeline, configs[pipeline], work, baselines[pipeline], rng, index, env))
-            print(f"chaos: fault {len(faults)} done", flush=True)
+            # A full campaign takes hours: each fault's row is printed as it ends, the whole table again at the end.
+            print(f"chaos: fault done: {table_row(len(faults), faults[-1])}", flush=True)
         if not args.smoke:
             faults.append(disk_fault(configs["regression"], work, baselines["regression"][0], env) if "regression"
                           in pipelines else Fault("-", "ENOSPC", note="needs the regression pipeline"))
