@@ -137,7 +137,7 @@ def test_lineage_command_prints_the_versions_origin(store, model_dir, tmp_path, 
 
     code, out, err = run_cli(["lineage", "lineage@champion", "--tracking-uri", store], capsys)
     assert code == 0, err
-    assert f"version:" in out and f" {outcome['model_version']}\n" in out
+    assert f"\nversion: " in out and f" {outcome['model_version']}\n" in out
     assert "champion" in out and outcome["mlflow_run_id"] in out
     for key, value in expected.items():
         assert f"{key[len('trainflow.lineage.'):]}:" in out and value in out
@@ -152,20 +152,27 @@ def test_lineage_command_prints_the_versions_origin(store, model_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["nobody@champion"], "no registered model version nobody@champion"),
-    (["lineage@nosuchalias"], "no registered model version lineage@nosuchalias"),
-    (["lineage", "99"], "no registered model version lineage version 99"),
     (["lineage@"], "is not NAME@ALIAS"),
     (["a@b@c"], "is not NAME@ALIAS"),
     (["lineage"], "names no version"),
     (["lineage@champion", "1"], "not both"),
+    (["lineage", "0"], "versions start at 1"),
 ])
-def test_bad_references_are_one_sentence_and_exit_2(store, model_dir, tmp_path, capsys, argv, says):
-    register(model_dir, store, tmp_path, dataset_folder(tmp_path))
-    capsys.readouterr()
+def test_malformed_references_are_one_sentence_and_exit_2(store, capsys, argv, says):
     code, out, err = run_cli(["lineage", *argv, "--tracking-uri", store], capsys)
     assert code == 2 and out == ""
     assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_models_aliases_and_versions_are_one_sentence_and_exit_2(store, model_dir, tmp_path, capsys):
+    register(model_dir, store, tmp_path, dataset_folder(tmp_path))
+    capsys.readouterr()
+    for argv, says in [(["nobody@champion"], "no registered model version nobody@champion"),
+                       (["lineage@nosuchalias"], "no registered model version lineage@nosuchalias"),
+                       (["lineage", "99"], "no registered model version lineage version 99")]:
+        code, out, err = run_cli(["lineage", *argv, "--tracking-uri", store], capsys)
+        assert code == 2 and out == "", argv
+        assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_an_unreachable_store_is_one_sentence_without_its_credentials(store, capsys, monkeypatch):
