@@ -101,6 +101,8 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
     env, secrets = worker_environment(platform, with_mlflow=mlflow)
     if not volumes:
         env = {k: v for k, v in env.items() if k not in ("HF_HOME", "TORCH_HOME")}
+    if mlflow:  # the image reference a registered version's lineage records (trainflow.registry.lineage)
+        env.setdefault("TRAINFLOW_IMAGE", settings.image)
     for name, value in sorted(env.items()):
         task.set_env_variable(name, value)
     if secrets:

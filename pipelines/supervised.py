@@ -89,7 +89,7 @@ def build_supervised_pipeline(settings: PodSettings):
             params=params,
             # beat_champion gates: the candidate's per-record outputs, and the test split to run the champion on.
             predictions=evaluate_task.outputs["predictions"], cache=cache_task.outputs["cache"], task=task, seed=seed,
-            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_name=PIPELINE_NAME,
         )
         place(register_task, settings, cpu="1", memory="4G", retries=3, volumes=settings.register_needs_volumes,
               mlflow=True)

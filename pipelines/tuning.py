@@ -67,7 +67,7 @@ def build_tuning_pipeline(settings: PodSettings, workers: int, storage_secret=No
                                     eval_metrics=scored.outputs["metrics"], register_config=register_config,
                                     run_name=run_name, params=run_config, predictions=scored.outputs["predictions"],
                                     cache=refit_data.outputs["cache"], task=task, seed=seed,
-                                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+                                    pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_name=PIPELINE_NAME)
         place(registered, settings, cpu="1", memory="4G", retries=3, volumes=settings.register_needs_volumes, mlflow=True)
 
     return tuning_pipeline

@@ -180,6 +180,19 @@ def test_train_gets_the_run_and_task_placeholders_and_the_platform(cluster_pipel
     assert inputs["platform"]["runtimeValue"]["constant"]["image"] == TRAINFLOW_IMAGE
 
 
+def test_register_gets_what_its_lineage_records(cluster_pipeline):
+    """The KFP run id and the pipeline's name as inputs, the image reference in its environment."""
+    name, spec, _, _ = cluster_pipeline
+    inputs = spec["root"]["dag"]["tasks"]["register-model"]["inputs"]["parameters"]
+    assert inputs["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert inputs["pipeline_name"]["runtimeValue"]["constant"] == spec["pipelineInfo"]["name"] == f"trainflow-{name}"
+    from components.component_defaults import TRAINFLOW_IMAGE
+
+    container = spec["deploymentSpec"]["executors"][_executor(spec, "register-model")]["container"]
+    assert {"name": "TRAINFLOW_IMAGE", "value": TRAINFLOW_IMAGE} in container["env"]
+    assert container["image"] == TRAINFLOW_IMAGE
+
+
 @pytest.mark.parametrize("source", ["sd15-finetune.yaml", "digits-classifier.yaml"])
 def test_distributed_train_is_a_cpu_launcher_that_retries_and_logs_to_mlflow(source, tmp_path_factory):
     payload = yaml.safe_load((REPO / "pipelines/configs" / source).read_text())

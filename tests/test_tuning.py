@@ -226,6 +226,16 @@ def test_tune_refits_the_best_configuration_on_train_plus_val_then_evaluates_and
     record = json.loads((folder / "model" / "trainflow_training.json").read_text())
     assert record["steps_run"] > 0 and 0.0 <= refit["test_metrics"]["accuracy"] <= 1.0
     assert refit["registration"]["registered"] is True and refit["registration"]["model_version"]
+    # Lineage names the study's ingested split (the refit's train+val is derived from it with tune.refit).
+    import hashlib
+
+    from mlflow import MlflowClient
+
+    uri = refit["registration"]["tracking_uri"]
+    tags = MlflowClient(uri, registry_uri=uri).get_model_version(refit["registration"]["model_name"],
+                                                                 str(refit["registration"]["model_version"])).tags
+    manifest = Path(outcome.request.study_dir) / "data" / "dataset" / "manifest.jsonl"
+    assert tags["trainflow.lineage.split_manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
 def test_cmaes_without_its_package_is_one_sentence_before_any_data_is_prepared(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ def register_model(
     register_config: dict, run_name: str, params: dict, report: Output[Markdown],
     score_metrics: Optional[Input[Metrics]] = None, predictions: Optional[Input[Artifact]] = None,
     cache: Optional[Input[Dataset]] = None, task: str = "text_to_image", seed: int = 0, pipeline_run_id: str = "",
+    pipeline_name: str = "",
 ):
     """Log the run to MLflow and register a model version only if the configured gates pass.
 
@@ -22,6 +23,8 @@ def register_model(
     params: the whole run config, logged as MLflow params (URI credentials redacted). task, seed: the run's.
     pipeline_run_id: the KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER); keys the work, so a retried step finishes
       what a crashed attempt started instead of registering a second version.
+    pipeline_name: the compiled pipeline's name, kept in the version's lineage (trainflow.lineage.* tags, with the
+      dataset's and its split manifest's hashes; the dataset is also the MLflow run's dataset input).
     report: Markdown saying the registered version (challenger, or champion when it beat the champion), or why it
       was not registered.
     """
@@ -32,4 +35,5 @@ def register_model(
               eval_metrics=eval_metrics.metadata, score_metrics=score_metrics.metadata if score_metrics else {},
               config=register_config, run_name=run_name, params=params, report=report, task=task,
               predictions_dir=predictions.path if predictions else None, cache_dir=cache.path if cache else None,
-              seed=seed, pipeline_run_id=pipeline_run_id)
+              seed=seed, pipeline_run_id=pipeline_run_id, dataset_dir=dataset.path, dataset_uri=dataset.uri,
+              pipeline_name=pipeline_name)

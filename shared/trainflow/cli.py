@@ -131,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler="trainflow.commands.compare:compare_command")
 
     from trainflow.commands.cross_validate import add_cross_validate_parser
+    from trainflow.commands.lineage import add_lineage_parser
     from trainflow.commands.model_aliases import add_alias_parsers
     from trainflow.commands.tune import add_tune_parser
 
     add_tune_parser(verbs)
     add_cross_validate_parser(verbs)
     add_alias_parsers(verbs)
+    add_lineage_parser(verbs)
     return parser
 
 

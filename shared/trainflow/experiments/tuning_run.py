@@ -173,7 +173,7 @@ def _refit_stages(config: RunConfig, final: RunConfig, request: StudyRequest, be
     report = LocalArtifact(str(folder / "registration.md"))
     registration = register_model(model.path, ingest, dict(metrics.metadata), {}, register, final.run_name, params,
                                   report, task=final.task, predictions_dir=predictions.path, cache_dir=str(cache),
-                                  seed=final.seed)
+                                  seed=final.seed, dataset_dir=str(Path(request.study_dir) / "data" / "dataset"))
     return {"folder": str(folder), "test_metrics": {k: v for k, v in metrics.metadata.items()
                                                     if isinstance(v, (int, float)) and not isinstance(v, bool)},
             "registration": {k: registration.get(k) for k in ("registered", "model_name", "model_version", "reasons",

@@ -18,7 +18,7 @@ def register_model(
     model_dir: str, dataset_metadata: dict[str, Any], eval_metrics: dict[str, Any], score_metrics: dict[str, Any],
     config: dict[str, Any], run_name: str, params: dict[str, Any], report: ArtifactLike,
     task: str = "text_to_image", predictions_dir: str | None = None, cache_dir: str | None = None, seed: int = 0,
-    pipeline_run_id: str = "",
+    pipeline_run_id: str = "", dataset_dir: str | None = None, dataset_uri: str | None = None, pipeline_name: str = "",
 ) -> dict[str, Any]:
     """Log params, metrics and the model (an MLflow Model) to MLflow; register a version only past the gates.
 
@@ -30,8 +30,12 @@ def register_model(
     finishes what a crashed attempt started (trainflow.registry.registration). Outputs: `report`
     (Markdown) and its metadata: registered, model_name, model_version, reasons (why not), promoted,
     promotion_reason, champion_version, mlflow_run_id, tracking_uri (credentials redacted).
+    Lineage (trainflow.registry.lineage) goes on the run and the version as trainflow.lineage.* tags: hashes
+    of the dataset, of its split manifest (`dataset_dir`/manifest.jsonl) and of `params`, the trainflow
+    version, git commit, image, KFP run id and `pipeline_name`; the Dataset (`dataset_uri`) is the run's input.
     UserFacingError when the tracking store does not answer (nothing is registered then).
     """
+    from trainflow.registry import lineage as origin
     from trainflow.registry import registration as steps
     from trainflow.report.registration_report import registration_markdown
 
@@ -46,6 +50,9 @@ def register_model(
         run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name)
         run_id = run.info.run_id
         dataset_hash = str(dataset_metadata.get("content_sha256", "unknown"))
+        lineage = origin.compute_lineage(dataset_metadata, dataset_dir, params, pipeline_run_id, pipeline_name)
+        origin.set_run_lineage(client, run_id, lineage)
+        origin.log_dataset_input(client, run_id, dataset_metadata, dataset_uri or dataset_dir)
         with tempfile.TemporaryDirectory(prefix="trainflow-register-") as scratch:
             decision = steps.saved_decision(client, run_id, Path(scratch))
         if decision is None:
@@ -65,6 +72,7 @@ def register_model(
 
             version = steps.version_of_run(client, cfg.model_name, run_id, model, {"dataset_sha256": dataset_hash},
                                            f"trainflow run {run_name}")
+            origin.set_version_lineage(client, cfg.model_name, version, lineage)
             apply_decision(client, cfg, version, PromotionDecision(**decision["promotion"]))
         steps.finish(client, run_id)
         promoted = version is not None and decision["promotion"]["promote"]
