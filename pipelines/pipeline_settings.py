@@ -55,6 +55,8 @@ class PodSettings:
     # beat_champion gates run the champion on the cache's test split, whose files may live on the volumes.
     register_needs_volumes: bool = False
     metrics_port: int | None = None  # train.logging.prometheus_port
+    # register.experiment: where the stages' child runs and the pipeline run's parent run are (MLFLOW_EXPERIMENT_NAME).
+    mlflow_experiment: str = ""
 
     @classmethod
     def for_config(cls, config: Any) -> "PodSettings":
@@ -63,7 +65,8 @@ class PodSettings:
                    train_logs_to_mlflow=config.train.logging.mlflow,
                    distributed_train=config.train.distributed is not None,
                    register_needs_volumes=any(gate.beat_champion for gate in config.registration.gates),
-                   metrics_port=config.train.logging.prometheus_port or None)
+                   metrics_port=config.train.logging.prometheus_port or None,
+                   mlflow_experiment=config.registration.experiment)
 
     def platform_argument(self) -> dict[str, Any]:
         """`platform=` for the preflight and train components: the section plus the image, or nothing locally."""
@@ -81,8 +84,8 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
 
     gpu: one GPU, the platform's node selector and GPU tolerations. shm: a memory-backed /dev/shm
     for DataLoader workers. volumes: the workspace, dataset and weights-cache PVCs (with HF_HOME and
-    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI and the MLflow Secret's keys
-    as optional env vars (values never pass through the pipeline spec). training_metrics: the
+    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME (register.experiment)
+    and the MLflow Secret's keys as optional env vars (values never pass through the pipeline spec). training_metrics: the
     label and port annotation the PodMonitor scrapes, when settings.metrics_port is set.
     """
     task.set_cpu_request(cpu).set_memory_request(memory)
@@ -101,6 +104,8 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
     env, secrets = worker_environment(platform, with_mlflow=mlflow)
     if not volumes:
         env = {k: v for k, v in env.items() if k not in ("HF_HOME", "TORCH_HOME")}
+    if mlflow and settings.mlflow_experiment:
+        env["MLFLOW_EXPERIMENT_NAME"] = settings.mlflow_experiment
     for name, value in sorted(env.items()):
         task.set_env_variable(name, value)
     if secrets:

@@ -11,6 +11,7 @@ from trainflow.atomic_files import atomic_write_text
 from trainflow.config import RegisterConfig, parse_section
 from trainflow.registry.gates import ChampionEvidence, failed_gates
 from trainflow.redaction import redact, redact_text, uri_with_environment_credentials
+from trainflow.registry.pipeline_run import child_tags, finish_parent, pipeline_parent_run
 from trainflow.registry.tracking import connect, default_tracking_uri, ensure_experiment, flatten_params
 
 
@@ -43,7 +44,9 @@ def register_model(
         tracking_uri = uri_with_environment_credentials(cfg.tracking_uri or default_tracking_uri())
         client = connect(tracking_uri)
         experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
-        run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name)
+        parent = pipeline_parent_run(client, experiment_id, pipeline_run_id) if pipeline_run_id else None
+        run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name,
+                             child_tags(parent, "register_model", pipeline_run_id) if parent else None)
         run_id = run.info.run_id
         dataset_hash = str(dataset_metadata.get("content_sha256", "unknown"))
         with tempfile.TemporaryDirectory(prefix="trainflow-register-") as scratch:
@@ -67,6 +70,8 @@ def register_model(
                                            f"trainflow run {run_name}")
             apply_decision(client, cfg, version, PromotionDecision(**decision["promotion"]))
         steps.finish(client, run_id)
+        if parent:
+            finish_parent(client, parent)  # the last stage: the pipeline run's record is complete
         promoted = version is not None and decision["promotion"]["promote"]
         outcome = {
             "registered": version is not None, "model_name": cfg.model_name, "model_version": version,
