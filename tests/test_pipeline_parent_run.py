@@ -165,3 +165,21 @@ def test_an_unreachable_store_is_one_warning_line_not_a_failed_stage(store, monk
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("evaluate: warning: not recorded in MLflow:"), err
     assert "planted-pw" not in err
+
+
+def test_a_distributed_train_steps_pods_record_into_the_train_child_run(store, tmp_path):
+    from fake_kubernetes_api import FakeKubernetesApi, success_script
+    from test_platform import RUN_ID, DistributedRun
+
+    uri, client = store
+    run = DistributedRun(tmp_path, "pytorchjob")
+    with FakeKubernetesApi() as fake:
+        fake.scripts[run.job] = success_script("pytorchjobs", on_success=run.finish_training)
+        run.train(fake)
+        (post,) = fake.calls_to("POST", "pytorchjobs")
+    pod = post["body"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    env = {entry["name"]: entry.get("value") for entry in pod["containers"][0]["env"]}
+    (parent,) = runs_of(client, f"tags.`trainflow.pipeline_run_id` = '{RUN_ID}' and tags.`trainflow.kind` = 'pipeline'")
+    (train,) = runs_of(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert train.data.tags["trainflow.stage"] == "train" and env["MLFLOW_RUN_ID"] == train.info.run_id
+    assert train.data.metrics["best_value"] == 0.25 and train.info.status == "FINISHED"

@@ -69,23 +69,28 @@ def train(
         else:
             from trainflow.kubeflow.train_launch import launch_training_job
 
-            summary = launch_training_job(task, cache_dir, model_config, cfg, seed, Path(model.path),
-                                          Path(logs.path) if logs is not None else None, checkpoint_dir, settings,
-                                          platform["image"], run_id, task_name, api_client, launcher_options)
+            with _mlflow_steps(cfg, run_id, activate=False) as tracked:
+                summary = launch_training_job(task, cache_dir, model_config, cfg, seed, Path(model.path),
+                                              Path(logs.path) if logs is not None else None, checkpoint_dir, settings,
+                                              platform["image"], run_id, task_name, api_client, launcher_options,
+                                              mlflow_run_id=tracked[1] if tracked is not None else "")
+                if tracked is not None:
+                    log_numbers(*tracked, {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS})
         record_training_outcome(summary, model, metrics)
     return summary
 
 
 @contextlib.contextmanager
-def _mlflow_steps(cfg: TrainConfig, run_id: str) -> Iterator[tuple[Any, str] | None]:
-    """With train.logging.mlflow: the pipeline run's `train` child run (trainflow.registry.pipeline_run), made
-    MLflow's active run so the engine's step metrics land in it; None when there is none to record into."""
+def _mlflow_steps(cfg: TrainConfig, run_id: str, activate: bool = True) -> Iterator[tuple[Any, str] | None]:
+    """With train.logging.mlflow: (client, id) of the pipeline run's `train` child run
+    (trainflow.registry.pipeline_run), made MLflow's active run here so the engine's step metrics land in it
+    (activate=False: a training job's pods get the id as MLFLOW_RUN_ID instead); None when there is none."""
     if not cfg.logging.mlflow:
         yield None
         return
     with stage_run(run_id, "train") as tracked:
-        if tracked is None:
-            yield None
+        if tracked is None or not activate:
+            yield tracked
             return
         import mlflow
 
