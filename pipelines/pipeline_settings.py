@@ -55,18 +55,24 @@ class PodSettings:
     # beat_champion gates run the champion on the cache's test split, whose files may live on the volumes.
     register_needs_volumes: bool = False
     metrics_port: int | None = None  # train.logging.prometheus_port
-    # register.experiment: where the stages' child runs and the pipeline run's parent run are (MLFLOW_EXPERIMENT_NAME).
+    # register.experiment and register.tracking_uri (without credentials): where the pipeline run's parent run and
+    # the stages' child runs are (MLFLOW_EXPERIMENT_NAME, and MLFLOW_TRACKING_URI over the platform's).
     mlflow_experiment: str = ""
+    mlflow_tracking_uri: str = ""
 
     @classmethod
     def for_config(cls, config: Any) -> "PodSettings":
         """Cluster settings from a validated RunConfig: its platform section and train options."""
+        from trainflow.redaction import split_credentials
+
         return cls(platform=config.platform, image=config.platform.image or TRAINFLOW_IMAGE,
                    train_logs_to_mlflow=config.train.logging.mlflow,
                    distributed_train=config.train.distributed is not None,
                    register_needs_volumes=any(gate.beat_champion for gate in config.registration.gates),
                    metrics_port=config.train.logging.prometheus_port or None,
-                   mlflow_experiment=config.registration.experiment)
+                   mlflow_experiment=config.registration.experiment,
+                   mlflow_tracking_uri=split_credentials(config.registration.tracking_uri)[0]
+                   if config.registration.tracking_uri else "")
 
     def platform_argument(self) -> dict[str, Any]:
         """`platform=` for the preflight and train components: the section plus the image, or nothing locally."""
@@ -106,6 +112,8 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
         env = {k: v for k, v in env.items() if k not in ("HF_HOME", "TORCH_HOME")}
     if mlflow and settings.mlflow_experiment:
         env["MLFLOW_EXPERIMENT_NAME"] = settings.mlflow_experiment
+    if mlflow and settings.mlflow_tracking_uri:  # register.tracking_uri wins: every stage records where register does
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     for name, value in sorted(env.items()):
         task.set_env_variable(name, value)
     if secrets:

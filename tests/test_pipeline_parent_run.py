@@ -182,4 +182,5 @@ def test_a_distributed_train_steps_pods_record_into_the_train_child_run(store, t
     (parent,) = runs_of(client, f"tags.`trainflow.pipeline_run_id` = '{RUN_ID}' and tags.`trainflow.kind` = 'pipeline'")
     (train,) = runs_of(client, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert train.data.tags["trainflow.stage"] == "train" and env["MLFLOW_RUN_ID"] == train.info.run_id
+    assert env["MLFLOW_TRACKING_URI"] == uri, "the pods look the run up in the store it is in"
     assert train.data.metrics["best_value"] == 0.25 and train.info.status == "FINISHED"

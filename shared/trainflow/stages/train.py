@@ -10,6 +10,7 @@ launches a PyTorchJob/TrainJob (trainflow.kubeflow.train_launch) whose every pro
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -73,7 +74,7 @@ def train(
                 summary = launch_training_job(task, cache_dir, model_config, cfg, seed, Path(model.path),
                                               Path(logs.path) if logs is not None else None, checkpoint_dir, settings,
                                               platform["image"], run_id, task_name, api_client, launcher_options,
-                                              mlflow_run_id=tracked[1] if tracked is not None else "")
+                                              mlflow_env=_pods_mlflow_env(tracked))
                 if tracked is not None:
                     log_numbers(*tracked, {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS})
         record_training_outcome(summary, model, metrics)
@@ -96,6 +97,14 @@ def _mlflow_steps(cfg: TrainConfig, run_id: str, activate: bool = True) -> Itera
 
         with mlflow.start_run(run_id=tracked[1]):
             yield tracked
+
+
+def _pods_mlflow_env(tracked: tuple[Any, str] | None) -> dict[str, str] | None:
+    """The train child run for a training job's pods, in the store this step found it in (credentials stay in
+    the pods' Secret-backed variables: the step's MLFLOW_TRACKING_URI holds none)."""
+    if tracked is None:
+        return None
+    return {"MLFLOW_RUN_ID": tracked[1], "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
 
 
 def train_from_request(request: TrainRequest, validation_hook: ValidationHook | None = None) -> dict[str, Any]:
