@@ -138,6 +138,29 @@ def stage_run(pipeline_run_id: str, stage: str) -> Iterator[tuple[Any, str] | No
                   file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def active_stage_run(pipeline_run_id: str, stage: str) -> Iterator[tuple[Any, str] | None]:
+    """`stage_run`, with the child run made MLflow's active run: fluent calls in this thread (the training
+    engine's mlflow.log_metrics, trainflow.training.training_log) land in it."""
+    with stage_run(pipeline_run_id, stage) as tracked:
+        if tracked is None:
+            yield None
+            return
+        import mlflow
+
+        with mlflow.start_run(run_id=tracked[1]):
+            yield tracked
+
+
+def pods_environment(tracked: tuple[Any, str] | None) -> dict[str, str] | None:
+    """MLFLOW_RUN_ID (the stage's child run) and the store it is in, for a training job's pods, whose fluent
+    calls then record into it; None without a run. Credentials stay in the pods' Secret-backed variables:
+    MLFLOW_TRACKING_URI holds none."""
+    if tracked is None:
+        return None
+    return {KFP_RUN_ENV: tracked[1], "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+
+
 def log_numbers(client, run_id: str, values: dict[str, Any], prefix: str = "") -> None:
     """The numeric values (not booleans) of `values` as metrics of the run, at step 0; a failure is one warning line."""
     import time

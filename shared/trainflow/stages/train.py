@@ -10,7 +10,6 @@ launches a PyTorchJob/TrainJob (trainflow.kubeflow.train_launch) whose every pro
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +17,7 @@ from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.config import ModelConfig, TrainConfig, check_task_fit, parse_section
 from trainflow.config.platform import PlatformConfig
 from trainflow.errors import ConfigError
-from trainflow.registry.pipeline_run import log_numbers, stage_run
+from trainflow.registry.pipeline_run import active_stage_run, log_numbers, pods_environment, stage_run
 from trainflow.tasks import get_task
 from trainflow.training.engine import ValidationHook
 from trainflow.training.run_training import TRAINING_RECORD, TrainRequest, train_and_export
@@ -74,7 +73,7 @@ def train(
                 summary = launch_training_job(task, cache_dir, model_config, cfg, seed, Path(model.path),
                                               Path(logs.path) if logs is not None else None, checkpoint_dir, settings,
                                               platform["image"], run_id, task_name, api_client, launcher_options,
-                                              mlflow_env=_pods_mlflow_env(tracked))
+                                              mlflow_env=pods_environment(tracked))
                 if tracked is not None:
                     log_numbers(*tracked, {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS})
         record_training_outcome(summary, model, metrics)
@@ -89,22 +88,8 @@ def _mlflow_steps(cfg: TrainConfig, run_id: str, activate: bool = True) -> Itera
     if not cfg.logging.mlflow:
         yield None
         return
-    with stage_run(run_id, "train") as tracked:
-        if tracked is None or not activate:
-            yield tracked
-            return
-        import mlflow
-
-        with mlflow.start_run(run_id=tracked[1]):
-            yield tracked
-
-
-def _pods_mlflow_env(tracked: tuple[Any, str] | None) -> dict[str, str] | None:
-    """The train child run for a training job's pods, in the store this step found it in (credentials stay in
-    the pods' Secret-backed variables: the step's MLFLOW_TRACKING_URI holds none)."""
-    if tracked is None:
-        return None
-    return {"MLFLOW_RUN_ID": tracked[1], "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
+    with (active_stage_run if activate else stage_run)(run_id, "train") as tracked:
+        yield tracked
 
 
 def train_from_request(request: TrainRequest, validation_hook: ValidationHook | None = None) -> dict[str, Any]:
