@@ -90,8 +90,9 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
 
     gpu: one GPU, the platform's node selector and GPU tolerations. shm: a memory-backed /dev/shm
     for DataLoader workers. volumes: the workspace, dataset and weights-cache PVCs (with HF_HOME and
-    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME (register.experiment)
-    and the MLflow Secret's keys as optional env vars (values never pass through the pipeline spec). training_metrics: the
+    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI (register.tracking_uri, else the platform's),
+    MLFLOW_EXPERIMENT_NAME (register.experiment) and the MLflow Secret's keys as optional env vars (values never
+    pass through the pipeline spec). training_metrics: the
     label and port annotation the PodMonitor scrapes, when settings.metrics_port is set.
     """
     task.set_cpu_request(cpu).set_memory_request(memory)

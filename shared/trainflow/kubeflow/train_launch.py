@@ -113,8 +113,8 @@ def launch_training_job(task: str, cache_dir: str, model_config: dict[str, Any],
     Puts what the training pods read on the workspace (the cache, unless it already lies on a mounted
     volume; the TrainRequest in `run_folder`), starts or re-attaches to the job through `JobLauncher`,
     and fills `model_dir` and `logs_dir` from what rank 0 wrote. `mlflow_env` (MLFLOW_RUN_ID: the
-    pipeline run's `train` child run, and the store it is in) reaches the pods, so rank 0's step metrics land in it. `api_client`
-    and `launcher_options` are for tests. Failures: ConfigError for paths off the shared volumes; the launcher's
+    pipeline run's `train` child run, and the store it is in) reaches the pods, so rank 0's step metrics
+    land in it. `api_client` and `launcher_options` are for tests. Failures: ConfigError for paths off the shared volumes; the launcher's
     ClusterAccessError / TrainingJobFailed / TrainingJobTimeout.
     """
     from trainflow.kubeflow.cluster_api import kubernetes_api_client

@@ -28,8 +28,9 @@ def register_model(
     register.promotion_margin (trainflow.registry.promotion): per test record against the champion
     run on the same split (`predictions_dir`, `cache_dir`) for tasks that keep per-record outputs,
     by the recorded numbers otherwise. `pipeline_run_id` (the KFP run id) keys the work, so a retry
-    finishes what a crashed attempt started (trainflow.registry.registration). Outputs: `report`
-    (Markdown) and its metadata: registered, model_name, model_version, reasons (why not), promoted,
+    finishes what a crashed attempt started (trainflow.registry.registration); the run is a child of the
+    pipeline run's MLflow parent run, which this last stage marks FINISHED (trainflow.registry.pipeline_run).
+    Outputs: `report` (Markdown) and its metadata: registered, model_name, model_version, reasons (why not), promoted,
     promotion_reason, champion_version, mlflow_run_id, tracking_uri (credentials redacted).
     UserFacingError when the tracking store does not answer (nothing is registered then).
     """
