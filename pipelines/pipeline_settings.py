@@ -55,15 +55,24 @@ class PodSettings:
     # beat_champion gates run the champion on the cache's test split, whose files may live on the volumes.
     register_needs_volumes: bool = False
     metrics_port: int | None = None  # train.logging.prometheus_port
+    # register.experiment and register.tracking_uri (without credentials): where the pipeline run's parent run and
+    # the stages' child runs are (MLFLOW_EXPERIMENT_NAME, and MLFLOW_TRACKING_URI over the platform's).
+    mlflow_experiment: str = ""
+    mlflow_tracking_uri: str = ""
 
     @classmethod
     def for_config(cls, config: Any) -> "PodSettings":
         """Cluster settings from a validated RunConfig: its platform section and train options."""
+        from trainflow.redaction import split_credentials
+
         return cls(platform=config.platform, image=config.platform.image or TRAINFLOW_IMAGE,
                    train_logs_to_mlflow=config.train.logging.mlflow,
                    distributed_train=config.train.distributed is not None,
                    register_needs_volumes=any(gate.beat_champion for gate in config.registration.gates),
-                   metrics_port=config.train.logging.prometheus_port or None)
+                   metrics_port=config.train.logging.prometheus_port or None,
+                   mlflow_experiment=config.registration.experiment,
+                   mlflow_tracking_uri=split_credentials(config.registration.tracking_uri)[0]
+                   if config.registration.tracking_uri else "")
 
     def platform_argument(self) -> dict[str, Any]:
         """`platform=` for the preflight and train components: the section plus the image, or nothing locally."""
@@ -81,8 +90,9 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
 
     gpu: one GPU, the platform's node selector and GPU tolerations. shm: a memory-backed /dev/shm
     for DataLoader workers. volumes: the workspace, dataset and weights-cache PVCs (with HF_HOME and
-    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI and the MLflow Secret's keys
-    as optional env vars (values never pass through the pipeline spec). training_metrics: the
+    TORCH_HOME pointing into the cache). mlflow: MLFLOW_TRACKING_URI (register.tracking_uri, else the platform's),
+    MLFLOW_EXPERIMENT_NAME (register.experiment) and the MLflow Secret's keys as optional env vars (values never
+    pass through the pipeline spec). training_metrics: the
     label and port annotation the PodMonitor scrapes, when settings.metrics_port is set.
     """
     task.set_cpu_request(cpu).set_memory_request(memory)
@@ -103,6 +113,10 @@ def place(task: dsl.PipelineTask, settings: PodSettings, *, cpu: str, memory: st
         env = {k: v for k, v in env.items() if k not in ("HF_HOME", "TORCH_HOME")}
     if mlflow:  # the image reference a registered version's lineage records (trainflow.registry.lineage)
         env.setdefault("TRAINFLOW_IMAGE", settings.image)
+    if mlflow and settings.mlflow_experiment:
+        env["MLFLOW_EXPERIMENT_NAME"] = settings.mlflow_experiment
+    if mlflow and settings.mlflow_tracking_uri:  # register.tracking_uri wins: every stage records where register does
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     for name, value in sorted(env.items()):
         task.set_env_variable(name, value)
     if secrets:

@@ -80,8 +80,10 @@ def build_supervised_pipeline(settings: PodSettings):
                   mlflow=settings.train_logs_to_mlflow, training_metrics=True)
 
         evaluate_task = evaluate(cache=cache_task.outputs["cache"], model=train_task.outputs["model"],
-                                 model_config=model_config, evaluate_config=evaluate_config, seed=seed, task=task)
-        place(evaluate_task, settings, cpu="4", memory="16G", shm=True)
+                                 model_config=model_config, evaluate_config=evaluate_config, seed=seed, task=task,
+                                 pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        # mlflow: its numbers go to the `evaluate` child of the pipeline run's MLflow parent run.
+        place(evaluate_task, settings, cpu="4", memory="16G", shm=True, mlflow=True)
 
         register_task = register_model(
             dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],

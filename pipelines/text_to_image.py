@@ -91,15 +91,16 @@ def build_text_to_image_pipeline(settings: PodSettings):
 
         evaluate_task = evaluate(
             cache=cache_task.outputs["cache"], model=train_task.outputs["model"], model_config=model_config,
-            evaluate_config=evaluate_config, seed=seed, task=TASK,
+            evaluate_config=evaluate_config, seed=seed, task=TASK, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
-        place(evaluate_task, settings, cpu="4", memory="16G", gpu=True, shm=True, retries=2)
+        # mlflow: evaluate's and score's numbers go to their children of the pipeline run's MLflow parent run.
+        place(evaluate_task, settings, cpu="4", memory="16G", gpu=True, shm=True, retries=2, mlflow=True)
 
         score_task = score_generation(
             dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"], model_config=model_config,
-            score_config=score_config, seed=seed,
+            score_config=score_config, seed=seed, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
-        place(score_task, settings, cpu="8", memory="32G", gpu=True, shm=True, retries=2)
+        place(score_task, settings, cpu="8", memory="32G", gpu=True, shm=True, retries=2, mlflow=True)
 
         register_task = register_model(
             dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],

@@ -193,6 +193,26 @@ def test_register_gets_what_its_lineage_records(cluster_pipeline):
     assert container["image"] == TRAINFLOW_IMAGE
 
 
+def test_the_stages_that_record_into_the_pipeline_runs_parent_run_get_its_id_and_store(cluster_pipeline):
+    name, spec, _, payload = cluster_pipeline
+    tasks = spec["root"]["dag"]["tasks"]
+    recording = ["evaluate", "register-model"] + (["score-generation"] if name == "text-to-image" else [])
+    for task in recording:
+        assert tasks[task]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+        env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][_executor(spec, task)]["container"]["env"]}
+        assert env["MLFLOW_TRACKING_URI"] == "http://trainflow-mlflow:5000", task
+        assert env["MLFLOW_EXPERIMENT_NAME"] == payload["register"].get("experiment", "trainflow"), task
+
+
+def test_register_tracking_uri_is_every_recording_stages_store(tmp_path_factory):
+    payload = yaml.safe_load((REPO / "pipelines/configs/digits-classifier.yaml").read_text())
+    register = {**payload["register"], "tracking_uri": "https://mlflow.example", "experiment": "team"}
+    spec, _, _ = compile_config(tmp_path_factory, "digits-classifier.yaml", register=register)
+    for task in ("evaluate", "register-model"):
+        env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][_executor(spec, task)]["container"]["env"]}
+        assert (env["MLFLOW_TRACKING_URI"], env["MLFLOW_EXPERIMENT_NAME"]) == ("https://mlflow.example", "team"), task
+
+
 @pytest.mark.parametrize("source", ["sd15-finetune.yaml", "digits-classifier.yaml"])
 def test_distributed_train_is_a_cpu_launcher_that_retries_and_logs_to_mlflow(source, tmp_path_factory):
     payload = yaml.safe_load((REPO / "pipelines/configs" / source).read_text())

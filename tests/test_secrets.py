@@ -191,7 +191,11 @@ def test_a_planted_password_appears_in_nothing_a_run_records(tmp_path, mlflow_se
     passwords.clear()
     client = MlflowClient(tracking_uri=f"http://{address}")
     experiment = client.get_experiment_by_name("secrets")
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.`trainflow.stage` = 'register_model'")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`trainflow.kind` = 'pipeline'")
+    nested = client.search_runs([experiment.experiment_id],
+                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {child.data.tags["trainflow.stage"] for child in nested} == {"evaluate", "register_model"}
     assert run.data.params["register.tracking_uri"] == f"http://{MASK}@{address}"
     recorded = repr(run.data.params) + repr(run.data.tags) + repr(client.get_registered_model("secret-check"))
     assert PLANTED not in recorded

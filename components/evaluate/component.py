@@ -7,7 +7,7 @@ from components.component_defaults import trainflow_component
 def evaluate(
     cache: Input[Dataset], model: Input[Model], model_config: dict, evaluate_config: dict, seed: int, task: str,
     metrics: Output[Metrics], classification_metrics: Output[ClassificationMetrics], report: Output[HTML],
-    summary: Output[Markdown], predictions: Output[Artifact],
+    summary: Output[Markdown], predictions: Output[Artifact], pipeline_run_id: str = "",
 ):
     """Score the best checkpoint on the untouched test split, and the last checkpoint beside it.
 
@@ -20,10 +20,12 @@ def evaluate(
     report: self-contained HTML (curves, confusion matrix, per-class table, intervals, best vs last).
     summary: the same in short Markdown.
     predictions: per-record test outputs (predictions.safetensors + predictions.json) for later comparisons.
+    pipeline_run_id: the KFP run id (dsl.PIPELINE_JOB_ID_PLACEHOLDER); with MLFLOW_TRACKING_URI the numbers also go
+      to the `evaluate` child of the pipeline run's MLflow parent run.
     """
     from trainflow.stages.runner import run_stage
     from trainflow.stages.evaluate import evaluate as stage
 
     run_stage(stage, cache_dir=cache.path, model_dir=model.path, model_config=model_config,
               config=evaluate_config, seed=seed, metrics=metrics, task=task, report=report, summary=summary,
-              predictions=predictions, classification=classification_metrics)
+              predictions=predictions, classification=classification_metrics, pipeline_run_id=pipeline_run_id)

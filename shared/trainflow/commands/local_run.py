@@ -210,7 +210,10 @@ def run_locally(config: RunConfig, state_dir: str | Path = ".trainflow", fresh: 
         # Our image is a Python image; kfp.local only guesses from its name.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        quiet.enter_context(environment_variables(credentials))
+        # The stages' MLflow records (train steps, evaluate, score) go to the register section's store, nested
+        # under one parent run per pipeline run (trainflow.registry.pipeline_run).
+        quiet.enter_context(environment_variables({**credentials, "MLFLOW_TRACKING_URI": tracking_uri,
+                                                   "MLFLOW_EXPERIMENT_NAME": config.registration.experiment}))
         if reporter is not None:
             quiet.enter_context(reporter)
             quiet.enter_context(contextlib.redirect_stdout(reporter))

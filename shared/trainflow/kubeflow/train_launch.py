@@ -106,13 +106,15 @@ def distributed_spec(distributed: DistributedConfig, platform: PlatformConfig, *
 def launch_training_job(task: str, cache_dir: str, model_config: dict[str, Any], cfg: TrainConfig, seed: int,
                         model_dir: Path, logs_dir: Path | None, checkpoint_dir: str, platform: PlatformConfig, image: str,
                         run_id: str, task_name: str, api_client: Any = None,
-                        launcher_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                        launcher_options: dict[str, Any] | None = None,
+                        mlflow_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on the cluster: a PyTorchJob/TrainJob named after the KFP run and task, waited for; returns its summary.
 
     Puts what the training pods read on the workspace (the cache, unless it already lies on a mounted
     volume; the TrainRequest in `run_folder`), starts or re-attaches to the job through `JobLauncher`,
-    and fills `model_dir` and `logs_dir` from what rank 0 wrote. `api_client` and `launcher_options`
-    are for tests. Failures: ConfigError for paths off the shared volumes; the launcher's
+    and fills `model_dir` and `logs_dir` from what rank 0 wrote. `mlflow_env` (MLFLOW_RUN_ID: the
+    pipeline run's `train` child run, and the store it is in) reaches the pods, so rank 0's step metrics
+    land in it. `api_client` and `launcher_options` are for tests. Failures: ConfigError for paths off the shared volumes; the launcher's
     ClusterAccessError / TrainingJobFailed / TrainingJobTimeout.
     """
     from trainflow.kubeflow.cluster_api import kubernetes_api_client
@@ -127,6 +129,10 @@ def launch_training_job(task: str, cache_dir: str, model_config: dict[str, Any],
     spec = distributed_spec(cfg.distributed, platform, image=image, request_path=request_path,
                             with_mlflow=cfg.logging.mlflow, metrics_port=cfg.logging.prometheus_port,
                             grace_seconds=cfg.preemption.grace_seconds)
+    if mlflow_env:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, env={**spec.env, **mlflow_env})
     # The worker never needs the launcher's settings, and they must not enter the run identity.
     worker_config = {k: v for k, v in section_payload(cfg).items() if k != "distributed"}
     request = {"task": task, "cache_dir": str(_cache_on_workspace(Path(cache_dir), folder, platform)),

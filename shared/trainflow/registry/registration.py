@@ -36,14 +36,15 @@ def registration_key(pipeline_run_id: str, task: str) -> str | None:
     return f"{pipeline_run_id}/{task}" if pipeline_run_id else None
 
 
-def open_run(client, experiment_id: str, key: str | None, run_name: str):
-    """The run an earlier attempt with `key` created, else a new one carrying the key."""
+def open_run(client, experiment_id: str, key: str | None, run_name: str, tags: dict[str, str] | None = None):
+    """The run an earlier attempt with `key` created, else a new one carrying the key and `tags`
+    (trainflow.registry.pipeline_run.child_tags: nested under the pipeline's parent run)."""
     if key:
         found = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
                                    order_by=["attributes.start_time ASC"], max_results=1)
         if found:
             return found[0]
-    return client.create_run(experiment_id, run_name=run_name, tags={KEY_TAG: key} if key else {})
+    return client.create_run(experiment_id, run_name=run_name, tags={**(tags or {}), **({KEY_TAG: key} if key else {})})
 
 
 def saved_decision(client, run_id: str, scratch: Path) -> dict[str, Any] | None:

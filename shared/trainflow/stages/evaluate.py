@@ -23,6 +23,7 @@ from trainflow.evaluation.bootstrap import bootstrap_intervals
 from trainflow.evaluation.checkpoint_models import LastCheckpoint, read_last_checkpoint
 from trainflow.evaluation.paired import compare_arrays
 from trainflow.evaluation.record_outputs import RecordOutputs, save_record_outputs
+from trainflow.registry.pipeline_run import log_numbers, stage_run
 from trainflow.tasks import TaskDefinition, TestRequest, get_task
 from trainflow.training.run_training import TRAINING_RECORD
 
@@ -40,7 +41,7 @@ def evaluate(
     cache_dir: str, model_dir: str, model_config: dict[str, Any], config: dict[str, Any], seed: int,
     metrics: ArtifactLike, task: str = "text_to_image", report: ArtifactLike | None = None,
     summary: ArtifactLike | None = None, predictions: ArtifactLike | None = None,
-    classification: ArtifactLike | None = None,
+    classification: ArtifactLike | None = None, pipeline_run_id: str = "",
 ) -> dict[str, Any]:
     """Score the train stage's model (its best checkpoint) and its last checkpoint on the test split.
 
@@ -50,6 +51,8 @@ def evaluate(
     values, best-vs-last comparison, the last checkpoint's scores or why they are absent);
     optional `predictions` (folder, see trainflow.evaluation.record_outputs), `report` (HTML),
     `summary` (Markdown), `classification` (KFP ClassificationMetrics; classifiers only).
+    With MLFLOW_TRACKING_URI and `pipeline_run_id` (the KFP run id) the numbers also go to the `evaluate`
+    child run of the pipeline run's MLflow parent run (trainflow.registry.pipeline_run).
     Raises UserFacingError on an empty test split or a model folder not written by the train stage.
     """
     cfg: EvaluateConfig = parse_section(EvaluateConfig, config, "the evaluate section")
@@ -72,6 +75,9 @@ def evaluate(
         keys = definition.headline_keys()
         shown = ", ".join(f"{k} {results[k]:.4g}" for k in keys + [f"last_{k}" for k in keys] if isinstance(results.get(k), float))
         print(f"evaluate: {shown}; best step {record['best_step']} of {record['steps_run']} ({record['stop_reason']})")
+        with stage_run(pipeline_run_id, "evaluate") as tracked:
+            if tracked is not None:
+                log_numbers(*tracked, {**numbers, **facts})
     return {**results, **facts}
 
 

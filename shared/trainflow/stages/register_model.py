@@ -11,6 +11,7 @@ from trainflow.atomic_files import atomic_write_text
 from trainflow.config import RegisterConfig, parse_section
 from trainflow.registry.gates import ChampionEvidence, failed_gates
 from trainflow.redaction import redact, redact_text, uri_with_environment_credentials
+from trainflow.registry.pipeline_run import child_tags, finish_parent, pipeline_parent_run
 from trainflow.registry.tracking import connect, default_tracking_uri, ensure_experiment, flatten_params
 
 
@@ -27,8 +28,9 @@ def register_model(
     register.promotion_margin (trainflow.registry.promotion): per test record against the champion
     run on the same split (`predictions_dir`, `cache_dir`) for tasks that keep per-record outputs,
     by the recorded numbers otherwise. `pipeline_run_id` (the KFP run id) keys the work, so a retry
-    finishes what a crashed attempt started (trainflow.registry.registration). Outputs: `report`
-    (Markdown) and its metadata: registered, model_name, model_version, reasons (why not), promoted,
+    finishes what a crashed attempt started (trainflow.registry.registration); the run is a child of the
+    pipeline run's MLflow parent run, which this last stage marks FINISHED (trainflow.registry.pipeline_run).
+    Outputs: `report` (Markdown) and its metadata: registered, model_name, model_version, reasons (why not), promoted,
     promotion_reason, champion_version, mlflow_run_id, tracking_uri (credentials redacted).
     Lineage (trainflow.registry.lineage) goes on the run and the version as trainflow.lineage.* tags: hashes
     of the dataset, of its split manifest (`dataset_dir`/manifest.jsonl) and of `params`, the trainflow
@@ -47,7 +49,9 @@ def register_model(
         tracking_uri = uri_with_environment_credentials(cfg.tracking_uri or default_tracking_uri())
         client = connect(tracking_uri)
         experiment_id = ensure_experiment(client, cfg.experiment, tracking_uri)
-        run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name)
+        parent = pipeline_parent_run(client, experiment_id, pipeline_run_id) if pipeline_run_id else None
+        run = steps.open_run(client, experiment_id, steps.registration_key(pipeline_run_id, task), run_name,
+                             child_tags(parent, "register_model", pipeline_run_id) if parent else None)
         run_id = run.info.run_id
         dataset_hash = str(dataset_metadata.get("content_sha256", "unknown"))
         lineage = origin.compute_lineage(dataset_metadata, dataset_dir, params, pipeline_run_id, pipeline_name)
@@ -75,6 +79,8 @@ def register_model(
             origin.set_version_lineage(client, cfg.model_name, version, lineage)
             apply_decision(client, cfg, version, PromotionDecision(**decision["promotion"]))
         steps.finish(client, run_id)
+        if parent:
+            finish_parent(client, parent)  # the last stage: the pipeline run's record is complete
         promoted = version is not None and decision["promotion"]["promote"]
         outcome = {
             "registered": version is not None, "model_name": cfg.model_name, "model_version": version,

@@ -25,6 +25,7 @@ from trainflow.metrics.image_features import cached_features, dataset_content_ha
 from trainflow.metrics.kernel_distance import kernel_inception_distance
 from trainflow.metrics.weights import hf_model_folder
 from trainflow.models.image_classifier import load_classifier
+from trainflow.registry.pipeline_run import log_numbers, stage_run
 from trainflow.report.sample_grid import sample_grid_html
 
 GENERATION_SEED_OFFSET = 3_000_003
@@ -38,7 +39,7 @@ def _load_reference(dataset_dir: Path, images: list[str]) -> torch.Tensor:
 
 def score_generation(
     dataset_dir: str, model_dir: str, model_config: dict[str, Any], config: dict[str, Any], seed: int,
-    metrics: ArtifactLike, report: ArtifactLike,
+    metrics: ArtifactLike, report: ArtifactLike, pipeline_run_id: str = "",
 ) -> dict[str, Any]:
     """Generate one image per test caption with the fine-tuned model (and the base model) and score both.
 
@@ -51,7 +52,9 @@ def score_generation(
     reported in seconds: required ones raise, optional ones are listed under `skipped`
     with the reason, never given a value. Generated images are quantised to uint8
     levels, as saved PNGs are, before any metric sees them.
-    Outputs: `metrics` (numbers; base model values prefixed `base_`), `report` (HTML sample grid).
+    Outputs: `metrics` (numbers; base model values prefixed `base_`), `report` (HTML sample grid); with
+    MLFLOW_TRACKING_URI and `pipeline_run_id` (the KFP run id) the numbers also go to the `score_generation`
+    child run of the pipeline run's MLflow parent run (trainflow.registry.pipeline_run).
     """
     cfg: ScoreConfig = parse_section(ScoreConfig, config, "the score section")
     model_cfg: ModelConfig = parse_section(ModelConfig, model_config, "the model section")
@@ -107,6 +110,9 @@ def score_generation(
             print(f"score: {name} = {value:.4f}")
         for name, reason in skipped.items():
             print(f"score: {name} skipped: {reason}")
+        with stage_run(pipeline_run_id, "score_generation") as tracked:
+            if tracked is not None:
+                log_numbers(*tracked, {**values, "num_prompts": len(captions)})
     return {"metrics": values, "skipped": skipped, "fid_features": extractor.name}
 
 

@@ -9,13 +9,15 @@ launches a PyTorchJob/TrainJob (trainflow.kubeflow.train_launch) whose every pro
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from trainflow.artifacts import ArtifactLike, timed_stage
 from trainflow.config import ModelConfig, TrainConfig, check_task_fit, parse_section
 from trainflow.config.platform import PlatformConfig
 from trainflow.errors import ConfigError
+from trainflow.registry.pipeline_run import active_stage_run, log_numbers, pods_environment, stage_run
 from trainflow.tasks import get_task
 from trainflow.training.engine import ValidationHook
 from trainflow.training.run_training import TRAINING_RECORD, TrainRequest, train_and_export
@@ -40,6 +42,8 @@ def train(
     ApiClient and JobLauncher options.
     Outputs: `model` (the best checkpoint, exported by the task; trainflow_training.json records
     history and why training stopped), `metrics`, and TensorBoard events in `logs`; returns the summary.
+    With train.logging.mlflow and MLFLOW_TRACKING_URI the step metrics and the summary's numbers go to the
+    `train` child run of the pipeline run's MLflow parent run (trainflow.registry.pipeline_run).
     Failures: ConfigError for a distributed run without a compiled platform; the launcher's errors.
     """
     cfg: TrainConfig = parse_section(TrainConfig, config, "the train section")
@@ -54,19 +58,38 @@ def train(
     with timed_stage("train", model, metrics):
         if cfg.distributed is None:
             checkpoints = Path(checkpoint_dir) if checkpoint_dir else Path(model.path).parent / "checkpoints"
-            summary = train_from_request(TrainRequest.model_validate({
-                "task": task, "cache_dir": cache_dir, "model_config": model_config, "train_config": config, "seed": seed,
-                "checkpoint_dir": str(checkpoints), "output_dir": model.path,
-                "tensorboard_dir": logs.path if logs is not None else None,
-            }))
+            with _mlflow_steps(cfg, run_id) as tracked:
+                summary = train_from_request(TrainRequest.model_validate({
+                    "task": task, "cache_dir": cache_dir, "model_config": model_config, "train_config": config,
+                    "seed": seed, "checkpoint_dir": str(checkpoints), "output_dir": model.path,
+                    "tensorboard_dir": logs.path if logs is not None else None,
+                }))
+                if tracked is not None:
+                    log_numbers(*tracked, {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS})
         else:
             from trainflow.kubeflow.train_launch import launch_training_job
 
-            summary = launch_training_job(task, cache_dir, model_config, cfg, seed, Path(model.path),
-                                          Path(logs.path) if logs is not None else None, checkpoint_dir, settings,
-                                          platform["image"], run_id, task_name, api_client, launcher_options)
+            with _mlflow_steps(cfg, run_id, activate=False) as tracked:
+                summary = launch_training_job(task, cache_dir, model_config, cfg, seed, Path(model.path),
+                                              Path(logs.path) if logs is not None else None, checkpoint_dir, settings,
+                                              platform["image"], run_id, task_name, api_client, launcher_options,
+                                              mlflow_env=pods_environment(tracked))
+                if tracked is not None:
+                    log_numbers(*tracked, {k: v for k, v in summary.items() if k not in _RECORD_ONLY_KEYS})
         record_training_outcome(summary, model, metrics)
     return summary
+
+
+@contextlib.contextmanager
+def _mlflow_steps(cfg: TrainConfig, run_id: str, activate: bool = True) -> Iterator[tuple[Any, str] | None]:
+    """With train.logging.mlflow: (client, id) of the pipeline run's `train` child run
+    (trainflow.registry.pipeline_run), made MLflow's active run here so the engine's step metrics land in it
+    (activate=False: a training job's pods get the id as MLFLOW_RUN_ID instead); None when there is none."""
+    if not cfg.logging.mlflow:
+        yield None
+        return
+    with (active_stage_run if activate else stage_run)(run_id, "train") as tracked:
+        yield tracked
 
 
 def train_from_request(request: TrainRequest, validation_hook: ValidationHook | None = None) -> dict[str, Any]:
