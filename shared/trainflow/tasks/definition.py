@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from trainflow.config import CacheConfig, EvaluateConfig, IngestConfig, ModelConfig, RunConfig, TrainConfig
+    from trainflow.data.checks.record_validation import IngestRecord
     from trainflow.evaluation.checkpoint_models import LastCheckpoint
     from trainflow.evaluation.record_outputs import RecordOutputs
     from trainflow.training.task import Task
@@ -75,6 +76,18 @@ class RecordNeeds:
     counts_caption_tokens: bool = False
     images: bool = False
     partly_labelled: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenLabels:
+    """Train records whose label the ingest snapshot leaves out, and how they were chosen.
+
+    ids: their record ids (the manifest writes them with `unlabelled: true` and no label).
+    how: for the ingest report, e.g. "ingest.labelled_fraction 0.1, stratified, seeded".
+    """
+
+    ids: frozenset[str]
+    how: str
 
 
 @dataclasses.dataclass
@@ -185,6 +198,15 @@ class TaskDefinition(abc.ABC):
         """Checks of local files' contents at load time (after local_paths exist); ConfigError naming the field."""
 
     # ------------------------------------------------------------------ data and training
+    def hidden_train_labels(self, records: "list[IngestRecord]", assignment: dict[str, str], ingest: "IngestConfig",
+                            seed: int) -> HiddenLabels | None:
+        """Train records whose label ingest leaves out of the snapshot (a task that learns from unlabelled records).
+
+        records: the checked records; assignment: record id -> split. Must be a pure function of its inputs, so
+        the same inputs give the same manifest. Default None: every record keeps its label.
+        """
+        return None
+
     @abc.abstractmethod
     def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: "ModelConfig", cache_cfg: "CacheConfig") -> dict[str, Any]:
         """Encode or decode every record of the ingest snapshot once into `cache_dir`; returns its metadata."""
