@@ -82,3 +82,58 @@ def test_only_the_registry_imports_a_task_module():
                          if module.startswith("trainflow.tasks") and module not in allowed]
     assert imported == []
     assert sorted(TASK_MODULES.values()) == sorted(f"trainflow.tasks.{name}" for name in TASK_NAMES)
+
+
+# ---------------------------------------------------------------- task-specific config fields
+def _declared_task_fields() -> dict[str, str]:
+    """'section.field' -> the sentence another task gets, for every field declared with config.task_fields.task_field."""
+    from trainflow.config import IngestConfig, ModelConfig, TrainConfig
+    from trainflow.config.task_fields import ELSEWHERE
+
+    declared = {}
+    for prefix, section in (("ingest", IngestConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        for name, info in section.model_fields.items():
+            if isinstance(info.json_schema_extra, dict) and ELSEWHERE in info.json_schema_extra:
+                declared[f"{prefix}.{name}"] = info.json_schema_extra[ELSEWHERE]
+    return declared
+
+
+def test_every_task_field_is_read_by_a_task_and_every_field_a_task_reads_is_declared():
+    from trainflow.tasks import get_task
+
+    declared = _declared_task_fields()
+    read = {field for name in TASK_NAMES for field in get_task(name).config_fields}
+    assert {"ingest.text_column", "model.text_encoder", "ingest.labelled_fraction", "train.autoencoder",
+            "train.semi_supervised"} <= set(declared)
+    assert read == set(declared)
+
+
+SET_VALUES = {"ingest.text_column": {"text_column": "text"}, "ingest.labelled_fraction": {"labelled_fraction": 0.5},
+              "model.text_encoder": {"text_encoder": {}}, "train.autoencoder": {"autoencoder": {}},
+              "train.semi_supervised": {"semi_supervised": {}}}
+
+
+def test_a_task_field_on_a_task_that_does_not_read_it_is_one_sentence_naming_the_field():
+    from trainflow.config import IngestConfig, ModelConfig, TrainConfig
+    from trainflow.tasks import get_task
+
+    sections = {"ingest": IngestConfig, "model": ModelConfig, "train": TrainConfig}
+    checked = 0
+    for field, elsewhere in _declared_task_fields().items():
+        prefix = field.split(".")[0]
+        section = sections[prefix].model_validate({"table": "t.csv", **SET_VALUES[field]} if prefix == "ingest"
+                                                  else SET_VALUES[field])
+        given = {name: section if name == prefix else None for name in sections}
+        for name in TASK_NAMES:
+            task = get_task(name)
+            if field in task.config_fields:
+                task.check_task_fields(**given)  # its own field: no complaint
+                continue
+            try:
+                task.check_task_fields(**given)
+            except ValueError as error:
+                assert str(error) == f"{field}: {elsewhere.format(task=name)}"
+                checked += 1
+            else:
+                raise AssertionError(f"task {name} accepted {field}, which it does not read")
+    assert checked >= 5 * (len(TASK_NAMES) - 1)

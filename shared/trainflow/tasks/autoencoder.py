@@ -196,7 +196,7 @@ class AutoencoderDefinition(TaskDefinition):
     output_names = ("record_errors", "anomaly")
     record_needs = RecordNeeds(images=True)
     compares_per_record = True
-    train_blocks = ("autoencoder",)
+    config_fields = frozenset({"train.autoencoder"})
 
     def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
         if model is not None and model.architecture not in (None, ARCHITECTURE):

@@ -102,9 +102,9 @@ class SemiSupervisedTraining(ClassificationTraining):
 class SemiSupervisedDefinition(ClassificationDefinition):
     name = "semi_supervised"
     description = "one class per image or feature row, learnt from a few labels and many unlabelled records"
-    record_needs = RecordNeeds(required=frozenset({"label"}), classes_of="labels", partly_labelled=True)
+    record_needs = RecordNeeds(required=frozenset({"label"}), classes_of="labels")
     training_class = SemiSupervisedTraining
-    train_blocks = ("semi_supervised",)
+    config_fields = frozenset({"ingest.labelled_fraction", "train.semi_supervised"})
 
     def check_ingest(self, ingest: IngestConfig) -> None:
         if not (ingest.label_column or ingest.sklearn_dataset):

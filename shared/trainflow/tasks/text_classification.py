@@ -141,6 +141,7 @@ class TextClassificationDefinition(TaskDefinition):
     record_needs = RecordNeeds(required=frozenset({"caption", "label"}), classes_of="labels")
     baselines = (TFIDF_BASELINE,)
     compares_per_record = True
+    config_fields = frozenset({"ingest.text_column", "model.text_encoder"})
 
     # ------------------------------------------------------------ config
     def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
