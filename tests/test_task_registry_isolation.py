@@ -137,3 +137,23 @@ def test_a_task_field_on_a_task_that_does_not_read_it_is_one_sentence_naming_the
             else:
                 raise AssertionError(f"task {name} accepted {field}, which it does not read")
     assert checked >= 5 * (len(TASK_NAMES) - 1)
+
+
+def test_a_cache_format_of_a_tasks_own_is_found_without_an_entry_in_data_cache(tmp_path):
+    import h5py
+    import pytest
+
+    from trainflow.data.cache.attrs import cache_path, has_cache, read_cache_dataset_hash
+    from trainflow.errors import UserFacingError
+
+    assert not has_cache(tmp_path)
+    with pytest.raises(UserFacingError, match=r"holds no cache file .*output of the build_cache stage"):
+        cache_path(tmp_path)
+    with h5py.File(tmp_path / "tokens.h5", "w") as handle:  # text_classification's format, named nowhere in data/
+        handle.attrs["dataset_sha256"] = "ab" * 32
+    assert has_cache(tmp_path) and cache_path(tmp_path) == tmp_path / "tokens.h5"
+    assert read_cache_dataset_hash(tmp_path) == "ab" * 32
+    (tmp_path / "other.h5").write_bytes(b"")
+    assert not has_cache(tmp_path)  # two unknown files: which one is the cache is not guessed
+    h5py.File(tmp_path / "supervised.h5", "w").close()
+    assert cache_path(tmp_path) == tmp_path / "supervised.h5"  # a format of trainflow.data.cache comes first

@@ -2,7 +2,7 @@
 
 Ingest keeps the labels of ingest.labelled_fraction of the train records (stratified, seeded; the rest
 are in the manifest as `unlabelled: true`): the task says which through `hidden_train_labels`. Each batch holds B labelled records and B × unlabelled_ratio
-unlabelled ones (trainflow.data.loading.partly_labelled). The loss is the labelled cross-entropy plus
+unlabelled ones (trainflow.tasks.semi_supervised_batches). The loss is the labelled cross-entropy plus
 unlabelled_weight × the cross-entropy of each unlabelled record against the class the model gives it, for
 records where that class's probability is at least confidence_threshold (the rest count as zero), averaged
 over all unlabelled records of the batch, as FixMatch does.
@@ -85,7 +85,7 @@ class SemiSupervisedTraining(ClassificationTraining):
         return classification_loss(cfg, labels[labels >= 0], len(self.class_names))  # class weights from labelled ones
 
     def train_dataset(self):
-        from trainflow.data.loading.partly_labelled import PartlyLabelledBatches
+        from trainflow.tasks.semi_supervised_batches import PartlyLabelledBatches
 
         return PartlyLabelledBatches(self._train, self.labelled, self.unlabelled, self.options.unlabelled_ratio, self.seed)
 
