@@ -104,9 +104,8 @@ def test_every_task_field_is_read_by_a_task_and_every_field_a_task_reads_is_decl
 
     declared = _declared_task_fields()
     read = {field for name in TASK_NAMES for field in get_task(name).config_fields}
-    assert {"ingest.text_column", "model.text_encoder", "ingest.labelled_fraction", "train.autoencoder",
-            "train.semi_supervised"} <= set(declared)
-    assert read == set(declared)
+    assert {"ingest.text_column", "model.text_encoder", "train.autoencoder"} <= set(declared)
+    assert read == set(declared)  # no field nobody reads, no field read that another task is not refused
 
 
 SET_VALUES = {"ingest.text_column": {"text_column": "text"}, "ingest.labelled_fraction": {"labelled_fraction": 0.5},
@@ -137,7 +136,7 @@ def test_a_task_field_on_a_task_that_does_not_read_it_is_one_sentence_naming_the
                 checked += 1
             else:
                 raise AssertionError(f"task {name} accepted {field}, which it does not read")
-    assert checked >= 5 * (len(TASK_NAMES) - 1)
+    assert checked >= len(_declared_task_fields()) * (len(TASK_NAMES) - 1) >= 3
 
 
 def test_a_cache_format_of_a_tasks_own_is_found_without_an_entry_in_data_cache(tmp_path):
