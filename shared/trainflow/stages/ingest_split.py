@@ -140,8 +140,7 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         **({"num_folds": len(plan.folds)} if plan is not None else {}),
     }
     dataset.metadata.update(summary)
-    atomic_write_text(report.path, _report_markdown(summary, source, cfg, sizes=sizes, prior=prior,
-                                                          hidden=hidden))
+    atomic_write_text(report.path, _report_markdown(summary, source, cfg, sizes=sizes, prior=prior, hidden=hidden))
     if rejected:
         print(f"ingest: rejected {len(rejected)} records ({_reasons_line(source)}); see the ingest report")
     for warning in source.warnings:
