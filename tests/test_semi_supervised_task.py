@@ -21,8 +21,8 @@ from task_runs import digits_cache, run_driver, step_losses, torchrun_driver, tr
 from trainflow.artifacts import LocalArtifact  # noqa: E402
 from trainflow.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from trainflow.data.cache.supervised_cache import SupervisedCache  # noqa: E402
-from trainflow.data.labelled_subset import unlabelled_train_ids  # noqa: E402
-from trainflow.data.loading.partly_labelled import PartlyLabelledBatches  # noqa: E402
+from trainflow.tasks.semi_supervised import unlabelled_train_ids  # noqa: E402
+from trainflow.tasks.semi_supervised_batches import PartlyLabelledBatches  # noqa: E402
 from trainflow.data.loading.transforms import SampleKey  # noqa: E402
 from trainflow.data.checks.record_validation import IngestRecord  # noqa: E402
 from trainflow.errors import UserFacingError  # noqa: E402

@@ -125,7 +125,7 @@ def test_tiny_encoder_trains_exports_and_the_folder_predicts_what_evaluation_sco
 
     predictor = definition.load_for_prediction(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model" / "tokenizer").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
-    from trainflow.data.cache.token_cache import split_texts
+    from trainflow.tasks.text_classification_cache import split_texts
 
     texts, labels = split_texts(cache, "test")
     from_texts = predictor.predict(texts)
@@ -152,7 +152,7 @@ def test_a_task_that_does_not_fit_its_data_or_model_is_one_sentence_naming_the_f
 def test_a_tokenizer_folder_of_another_model_is_refused_when_the_config_loads(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from trainflow.data.cache.text_tokenizers import train_wordpiece
+    from trainflow.tasks.text_classification_tokenizers import train_wordpiece
 
     BertModel(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
                          max_position_embeddings=32)).save_pretrained(tmp_path / "encoder")

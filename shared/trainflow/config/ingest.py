@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from trainflow.config.names import PathText, check_dataset_location
 from trainflow.config.schema_base import Section
+from trainflow.config.task_fields import task_field
 
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -91,8 +92,9 @@ class IngestConfig(Section):
     # Class label per record: classification targets, and prompt accuracy for text-to-image. Folders and HDF5
     # hold class indices (or names listed in class_names); in tables the values are class names.
     label_column: str | None = None
-    text_column: str | None = Field(None, description=(
-        "text_classification: the table column holding each record's text (the label is ingest.label_column)."))
+    text_column: str | None = task_field(None, description=(
+        "text_classification: the table column holding each record's text (the label is ingest.label_column)."),
+        elsewhere="a table of texts trains with task: text_classification, not {task}")
     # Numeric regression targets (tables, imagefolders, HDF5).
     target_columns: list[str] | None = None
     # Table features; default: every column (other than those named here) whose values are mostly numbers.
@@ -115,10 +117,12 @@ class IngestConfig(Section):
         "after writing the quarantine report."))
     split: SplitFractions = SplitFractions()
     max_records: int | None = Field(None, ge=3, le=1_000_000_000, description="Use only this many valid records (quick runs and tests).")
-    labelled_fraction: float | None = Field(None, gt=0, le=1, description=(
+    labelled_fraction: float | None = task_field(None, gt=0, le=1, description=(
         "semi_supervised: the share of train records that keep their label, chosen by the seeded split "
         "(stratified by class); the others are written to the manifest without it (`unlabelled: true`). "
-        "Val and test keep every label."))
+        "Val and test keep every label."),
+        elsewhere="task {task} trains on labelled records only; remove it (task semi_supervised learns from the "
+                  "unlabelled ones)")
     buckets: BucketConfig | None = Field(None, description=(
         "text_to_image: aspect-ratio buckets instead of one square resolution; every image is resized to cover "
         "the bucket nearest its aspect ratio and the small excess centre-cropped (its original size and crop are "

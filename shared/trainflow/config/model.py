@@ -9,6 +9,7 @@ from pydantic import Field
 
 from trainflow.config.names import PathText
 from trainflow.config.schema_base import Section
+from trainflow.config.task_fields import task_field
 from trainflow.config.text_encoder import TextEncoderConfig
 
 
@@ -29,4 +30,4 @@ class ModelConfig(Section):
     width: int = Field(32, ge=4, le=4096, description="small_cnn / seg_cnn: channels of the first stage.")
     dropout: float = Field(0.0, ge=0, lt=1)
     # text_classification: the transformers encoder under the classification head (default: a small built one).
-    text_encoder: TextEncoderConfig | None = None
+    text_encoder: TextEncoderConfig | None = task_field(None, elsewhere="applies to text_classification only, not {task}")

@@ -58,6 +58,7 @@ class RunConfig(Section):
         from trainflow.tasks import get_task
 
         task = get_task(self.task)
+        task.check_task_fields(self.ingest, self.model, self.train)
         task.check_config(self.ingest, self.model, self.train)
         task.check_run_config(self)
         if self.cross_validation is not None and self.cross_validation.nested and self.tune is None:
@@ -77,7 +78,9 @@ def check_task_fit(task: str, ingest: IngestConfig | None, model: ModelConfig | 
     from trainflow.tasks import get_task
 
     try:
-        get_task(task).check_config(ingest, model, train)
+        definition = get_task(task)
+        definition.check_task_fields(ingest, model, train)
+        definition.check_config(ingest, model, train)
     except ValueError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
 

@@ -12,6 +12,7 @@ from trainflow.config.data_loading import DataLoadingConfig, TransformsConfig, W
 from trainflow.config.platform import DistributedConfig
 from trainflow.config.names import PlainText
 from trainflow.config.schema_base import Section
+from trainflow.config.task_fields import task_field
 
 # Upper bounds of counts: far above any real run, low enough that a typo (an extra few zeros, a pasted
 # timestamp) fails in `validate` rather than as an overflow or a years-long loop after the data is cached.
@@ -226,10 +227,6 @@ class LossConfig(Section):
         return self
 
 
-# Blocks of TrainConfig that only some tasks read (a task lists the ones it reads in `train_blocks`).
-TASK_TRAIN_BLOCKS = ("autoencoder", "semi_supervised")
-
-
 MAX_VALIDATION_PROMPTS = 64  # each is one image per sampling: more would make sampling cost more than training
 
 
@@ -291,8 +288,11 @@ class TrainConfig(Section):
         "Draw the validation prompts every N optimizer steps; null: at every validation."))
     validation_prompt_scoring: PromptScoringConfig = PromptScoringConfig()
     loss: LossConfig = LossConfig()
-    autoencoder: AutoencoderConfig | None = Field(None, description="task autoencoder: model size, VAE, anomaly mode.")
-    semi_supervised: SemiSupervisedConfig | None = Field(None, description="task semi_supervised: pseudo-labelling.")
+    autoencoder: AutoencoderConfig | None = task_field(None, description="task autoencoder: model size, VAE, anomaly mode.",
+                                                       elsewhere="applies to task autoencoder only, not {task}; remove it")
+    semi_supervised: SemiSupervisedConfig | None = task_field(
+        None, description="task semi_supervised: pseudo-labelling.",
+        elsewhere="applies to task semi_supervised only, not {task}; remove it")
     num_workers: WorkerCount = Field(0, description="DataLoader workers; auto: from free CPUs and memory.")
     transforms: TransformsConfig = TransformsConfig()
     data_loading: DataLoadingConfig = DataLoadingConfig()

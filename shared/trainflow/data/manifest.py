@@ -6,7 +6,7 @@
                          images that were resized or cropped: original_size [h, w] and crop_top_left [top, left]
                          (the crop box's corner in the resized image; the box is the snapshot's size);
                          text_to_image class images (ingest.prior_preservation): prior true, train split only;
-                         train records whose label ingest.labelled_fraction hid: unlabelled true, no label
+                         train records whose label the task hid (its hidden_train_labels): unlabelled true, no label
         dataset.json     task, kind (image | table), class_names, target_names, feature_names, resolution,
                          split (the ingest.split settings used)
         rejected.jsonl   one JSON object per rejected record: ref, source, reason, rule (trainflow.data.checks.quarantine)

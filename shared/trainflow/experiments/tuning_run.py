@@ -45,6 +45,7 @@ class TuningResult:
 
 def prepare_data(config: RunConfig, data_dir: Path) -> tuple[Path, Path]:
     """(dataset folder, cache folder): ingest and cache once; an existing complete pair is reused."""
+    from trainflow.data.cache.attrs import has_cache
     from trainflow.stages.build_cache import build_cache
     from trainflow.stages.ingest_split import ingest_split
 
@@ -54,7 +55,7 @@ def prepare_data(config: RunConfig, data_dir: Path) -> tuple[Path, Path]:
                              LocalArtifact(str(data_dir / "ingest-report.md")), task=config.task,
                              model_base=config.model.base)
         atomic_write_json(data_dir / INGEST_FACTS, facts)
-    if not any((cache / name).is_file() for name in ("supervised.h5", "latents.h5")):
+    if not has_cache(cache):
         build_cache(str(dataset), section_payload(config.model), section_payload(config.cache), LocalArtifact(str(cache)),
                     task=config.task)
     return dataset, cache
@@ -126,12 +127,13 @@ def refit_config(config: RunConfig, best: dict[str, Any]) -> RunConfig:
 def _refit_cache(config: RunConfig, request: StudyRequest, folder: Path) -> Path:
     if config.tune is None or config.tune.refit == "train":
         return Path(request.cache_dir)
+    from trainflow.data.cache.attrs import has_cache
     from trainflow.experiments.resplit_dataset import write_train_val_refit_dataset
     from trainflow.stages.build_cache import build_cache
 
     dataset = Path(request.study_dir) / "data" / "dataset"
     cache = folder / "cache"
-    if not (cache / "supervised.h5").is_file() and not (cache / "latents.h5").is_file():
+    if not has_cache(cache):
         write_train_val_refit_dataset(dataset, folder / "dataset")
         build_cache(str(folder / "dataset"), section_payload(config.model), section_payload(config.cache),
                     LocalArtifact(str(cache)), task=config.task)

@@ -16,5 +16,5 @@ Distributed training (PyTorchJob / TrainJob) that the train stage launches:
 - `job_launcher`: `JobLauncher` — create or re-attach, follow, surface failures, collect, clean up;
 - `pod_logs`, `cluster_api`: rank-0 log following and API access/error messages.
 
-Nothing here imports `trainflow.stages`: stages call down into this package, never the reverse.
+Nothing here imports the stages package: stages call down into this package, never the reverse.
 """

@@ -1,11 +1,11 @@
 """The cluster side of the train stage: launch a PyTorchJob/TrainJob and wait for it (`launch_training_job`).
 
-The train stage (trainflow.stages.train) calls this when `train.distributed` is set; the step then only
+The train stage (stages/train.py) calls this when `train.distributed` is set; the step then only
 launches and waits (a CPU pod): it puts what the training pods read on the workspace (the cache, unless
 it already lies on a mounted volume; the TrainRequest), starts the job named after the KFP run and task
 through `JobLauncher` (so a retried step re-attaches to its job instead of starting a second one), and
 fills the model folder and TensorBoard events from what rank 0 wrote. A cancelled run stops the step
-with SIGTERM, which `trainflow.stages.runner.run_stage` turns into SystemExit, so the launcher's cleanup
+with SIGTERM, which the stage runner (`run_stage`, stages/runner.py) turns into SystemExit, so the launcher's cleanup
 deletes the job. `run_folder` is where a run's files live on the workspace
 (`<workspace>/runs/<KFP run id>/<task>/`), so a retried pod of the same run resumes from its checkpoints.
 """

@@ -18,7 +18,6 @@ from trainflow.config import IngestConfig, check_task_fit, parse_section
 from trainflow.data.checks.checked_source import check_and_read
 from trainflow.data.sources.hdf5 import close_hdf5_files
 from trainflow.data.kfold_split import FoldPlan, assign_folds
-from trainflow.data.labelled_subset import unlabelled_train_ids
 from trainflow.data.manifest import DATASET_INFO, FOLDS_FILE, REJECTED_FILE, SPLITS
 from trainflow.data.checks.image_decoding import ImageLimits
 from trainflow.data.checks.quarantine import (
@@ -31,6 +30,7 @@ from trainflow.data.sources.read_source import IngestRecord, SourceData, image_l
 from trainflow.data.split import assign_splits, effective_kind
 from trainflow.errors import UserFacingError
 from trainflow.tasks import get_task
+from trainflow.tasks.definition import HiddenLabels
 
 
 def resize_center_crop(image: Image.Image, resolution: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
@@ -105,9 +105,8 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         raise
     prior = read_prior_records(cfg, task, model_base, seed)
     rejected = rejected + prior.rejected
-    unlabelled: set[str] = set()
-    if cfg.labelled_fraction is not None:  # the task learns from unlabelled train records (checked with the config)
-        unlabelled = unlabelled_train_ids(valid, assignment, cfg.labelled_fraction, seed)
+    hidden = get_task(task).hidden_train_labels(valid, assignment, cfg, seed)  # a task that learns without labels
+    unlabelled = hidden.ids if hidden is not None else frozenset()
     counters: Counter[str] = Counter()
     sizes = SnapshotSizes()
     limits = image_limits(cfg)
@@ -129,7 +128,7 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         "bad_fraction": round(bad_fraction(len(source.records), len(source.rejected)), 6),
         **{f"num_{split}": counters[split] for split in SPLITS},
         **({"num_prior": len(prior.records)} if cfg.prior_preservation is not None else {}),
-        **({"num_unlabelled_train": len(unlabelled)} if cfg.labelled_fraction is not None else {}),
+        **({"num_unlabelled_train": len(unlabelled)} if hidden is not None else {}),
         **({"num_buckets": len(sizes.per_bucket)} if cfg.buckets is not None else {}),
         "content_sha256": content_hash(valid + prior.records),
         "kind": source.kind,
@@ -141,7 +140,7 @@ def _ingest(cfg: IngestConfig, seed: int, dataset: ArtifactLike, report: Artifac
         **({"num_folds": len(plan.folds)} if plan is not None else {}),
     }
     dataset.metadata.update(summary)
-    atomic_write_text(report.path, _report_markdown(summary, source, cfg, sizes=sizes, prior=prior))
+    atomic_write_text(report.path, _report_markdown(summary, source, cfg, sizes=sizes, prior=prior, hidden=hidden))
     if rejected:
         print(f"ingest: rejected {len(rejected)} records ({_reasons_line(source)}); see the ingest report")
     for warning in source.warnings:
@@ -158,7 +157,7 @@ def _snapshot(record: IngestRecord, split: str, is_prior: bool, counters: Counte
               cfg: IngestConfig, kind: str, task: str, limits: ImageLimits, hide_label: bool = False) -> dict:
     """The record's manifest line, with its image (and mask) written; a file that changed since its check stops ingest.
 
-    hide_label: leave the label out and mark the line `unlabelled: true` (ingest.labelled_fraction)."""
+    hide_label: leave the label out and mark the line `unlabelled: true` (the task's hidden_train_labels)."""
     try:
         line = _manifest_line(record, split, is_prior, counters, sizes, staging, cfg, kind, task, limits)
     except (RecordRejected, OSError) as exc:
@@ -215,7 +214,8 @@ def _dataset_info(source: SourceData, cfg: IngestConfig, task: str) -> dict[str,
 
 
 def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: IngestConfig, failure: str | None = None,
-                     sizes: SnapshotSizes | None = None, prior: PriorRecords | None = None) -> str:
+                     sizes: SnapshotSizes | None = None, prior: PriorRecords | None = None,
+                     hidden: HiddenLabels | None = None) -> str:
     lines = ["# Dataset ingest", "", f"Source: `{printable(cfg.source_description)}`  "]
     total = len(source.records) + len(source.rejected)
     lines.append(f"Checked {total} records: kept {len(source.records)}, rejected {len(source.rejected)} "
@@ -228,10 +228,9 @@ def _report_markdown(summary: dict[str, Any] | None, source: SourceData, cfg: In
         lines += [f"Split ({summary['split_kind']}): train {summary['num_train']}, val {summary['num_val']}, "
                   f"test {summary['num_test']} of {summary['num_records']} records; content sha256 "
                   f"`{summary['content_sha256'][:16]}…`", ""]
-        if "num_unlabelled_train" in summary:
+        if hidden is not None:
             lines += [f"Labels kept on {summary['num_train'] - summary['num_unlabelled_train']} of {summary['num_train']} "
-                      f"train records (ingest.labelled_fraction {cfg.labelled_fraction:g}, stratified, seeded); the "
-                      "others are in the manifest without a label", ""]
+                      f"train records ({hidden.how}); the others are in the manifest without a label", ""]
         if prior is not None and cfg.prior_preservation is not None:
             lines += prior_markdown(prior, cfg)
         if sizes is not None and cfg.buckets is not None:

@@ -1,7 +1,7 @@
 """Autoencoder: reconstruct images (unsupervised); in anomaly mode, tell one held-out class by its reconstruction error.
 
 Data: the supervised cache (images, labels when the source has them). The model: a convolutional
-autoencoder, optionally variational (trainflow.models.conv_autoencoder), trained on per-pixel MSE
+autoencoder, optionally variational (trainflow.tasks.autoencoder_model), trained on per-pixel MSE
 (plus kl_weight × KL for a VAE). Test outputs per record: MSE, PSNR and SSIM of its reconstruction
 (trainflow.metrics.image_quality, data range 1.0) and whether it belongs to the anomaly class. The
 headline MSE, PSNR and SSIM are means over the records of the trained classes; with
@@ -80,7 +80,7 @@ class AutoencoderTraining:
         return RecordSubset(split, kept)
 
     def build_model(self) -> nn.Module:
-        from trainflow.models.conv_autoencoder import ConvAutoencoder
+        from trainflow.tasks.autoencoder_model import ConvAutoencoder
 
         return ConvAutoencoder(3, self.resolution, self.model_cfg.width, self.options.latent_dim, self.options.variational)
 
@@ -115,7 +115,7 @@ class AutoencoderTraining:
         return {"loss": float(totals["loss_sum"] / count), "mse": float(totals["squared_error_sum"] / count)}
 
     def export(self, model: nn.Module, folder: Path) -> None:
-        from trainflow.models.conv_autoencoder import save_autoencoder_folder
+        from trainflow.tasks.autoencoder_model import save_autoencoder_folder
 
         anomaly = self.class_names[self.anomaly] if self.anomaly is not None else None
         save_autoencoder_folder(model, folder, {"task": self.name, "class_names": self.class_names,
@@ -196,7 +196,7 @@ class AutoencoderDefinition(TaskDefinition):
     output_names = ("record_errors", "anomaly")
     record_needs = RecordNeeds(images=True)
     compares_per_record = True
-    train_blocks = ("autoencoder",)
+    config_fields = frozenset({"train.autoencoder"})
 
     def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
         if model is not None and model.architecture not in (None, ARCHITECTURE):
@@ -233,7 +233,7 @@ class AutoencoderDefinition(TaskDefinition):
 
     def load_for_prediction(self, folder: Path) -> AutoencoderPredictor:
         """The model folder loaded back; MissingWeightsError / UserFacingError for a folder that is not one."""
-        from trainflow.models.conv_autoencoder import load_autoencoder_folder
+        from trainflow.tasks.autoencoder_model import load_autoencoder_folder
 
         model, meta = load_autoencoder_folder(folder)
         if meta.get("task") != self.name:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from trainflow.config import CacheConfig, EvaluateConfig, IngestConfig, ModelConfig, RunConfig, TrainConfig
+    from trainflow.data.checks.record_validation import IngestRecord
     from trainflow.evaluation.checkpoint_models import LastCheckpoint
     from trainflow.evaluation.record_outputs import RecordOutputs
     from trainflow.training.task import Task
@@ -67,14 +68,24 @@ class RecordNeeds:
     classes_of: what class names describe ('labels', 'masks') or None when the task has no classes.
     counts_caption_tokens: warn about captions longer than the text encoder reads.
     images: the task reads images only; a source of feature rows is refused before anything is written.
-    partly_labelled: the task learns from train records without labels, so ingest.labelled_fraction applies.
     """
 
     required: frozenset[str] = frozenset()
     classes_of: str | None = None
     counts_caption_tokens: bool = False
     images: bool = False
-    partly_labelled: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenLabels:
+    """Train records whose label the ingest snapshot leaves out, and how they were chosen.
+
+    ids: their record ids (the manifest writes them with `unlabelled: true` and no label).
+    how: for the ingest report, e.g. "ingest.labelled_fraction 0.1, stratified, seeded".
+    """
+
+    ids: frozenset[str]
+    how: str
 
 
 @dataclasses.dataclass
@@ -146,23 +157,30 @@ class TaskDefinition(abc.ABC):
     baselines: tuple[Reference, ...] = ()  # methods fitted on the same split, shown under each summary row
     compares_per_record: bool = False  # per-record outputs a paired comparison can use (compare, beat_champion)
     generates_images: bool = False  # the pipeline has a score stage that needs generation weights
-    train_blocks: tuple[str, ...] = ()  # task-specific train.* blocks it reads (of config.training.TASK_TRAIN_BLOCKS)
+    # The task-specific config fields it reads ('ingest.text_column', 'train.autoencoder'): of those declared with
+    # trainflow.config.task_fields.task_field; any other task's config that sets one is refused with its sentence.
+    config_fields: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ config
+    def check_task_fields(self, ingest: "IngestConfig | None", model: "ModelConfig | None",
+                          train: "TrainConfig | None") -> None:
+        """ValueError when a section sets a task-specific field this task does not read (not in config_fields).
+
+        Checked before `check_config`, with the sentence the field declares (trainflow.config.task_fields).
+        """
+        from trainflow.config.task_fields import set_task_fields
+
+        for prefix, section in (("ingest", ingest), ("model", model), ("train", train)):
+            for field, elsewhere in set_task_fields(section) if section is not None else ():
+                if f"{prefix}.{field}" not in self.config_fields:
+                    raise ValueError(f"{prefix}.{field}: {elsewhere.format(task=self.name)}")
+
     def check_config(self, ingest: "IngestConfig | None", model: "ModelConfig | None", train: "TrainConfig | None") -> None:
         """Raise ValueError, one sentence naming the field, when a section asks for what this task cannot do.
 
         Stages call it with the sections they receive, so a config edited in the Kubeflow UI fails like a local one.
         """
-        if ingest is not None and ingest.labelled_fraction is not None and not self.record_needs.partly_labelled:
-            raise ValueError(f"ingest.labelled_fraction: task {self.name} trains on labelled records only; remove it "
-                             "(task semi_supervised learns from the unlabelled ones)")
         if train is not None:
-            from trainflow.config.training import TASK_TRAIN_BLOCKS
-
-            for block in TASK_TRAIN_BLOCKS:
-                if getattr(train, block) is not None and block not in self.train_blocks:
-                    raise ValueError(f"train.{block}: applies to task {block} only, not {self.name}; remove it")
             if train.validation_prompts is not None and not self.generates_images:
                 raise ValueError(f"train.validation_prompts: task {self.name} does not generate images; remove them")
             known = self.validation_metrics + ("train_loss",)
@@ -185,6 +203,15 @@ class TaskDefinition(abc.ABC):
         """Checks of local files' contents at load time (after local_paths exist); ConfigError naming the field."""
 
     # ------------------------------------------------------------------ data and training
+    def hidden_train_labels(self, records: "list[IngestRecord]", assignment: dict[str, str], ingest: "IngestConfig",
+                            seed: int) -> HiddenLabels | None:
+        """Train records whose label ingest leaves out of the snapshot (a task that learns from unlabelled records).
+
+        records: the checked records; assignment: record id -> split. Must be a pure function of its inputs, so
+        the same inputs give the same manifest. Default None: every record keeps its label.
+        """
+        return None
+
     @abc.abstractmethod
     def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: "ModelConfig", cache_cfg: "CacheConfig") -> dict[str, Any]:
         """Encode or decode every record of the ingest snapshot once into `cache_dir`; returns its metadata."""

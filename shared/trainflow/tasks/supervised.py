@@ -174,8 +174,6 @@ class SupervisedDefinition(TaskDefinition):
 
     # ------------------------------------------------------------ the interface
     def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
-        if model is not None and model.text_encoder is not None:
-            raise ValueError(f"model.text_encoder: applies to text_classification only, not {self.name}")
         if model is not None and not model.architecture:
             raise ValueError(f"model.architecture: task {self.name} needs an architecture (small_cnn, mlp, seg_cnn, resnet18, ...)")
         if ingest is not None:
@@ -184,8 +182,6 @@ class SupervisedDefinition(TaskDefinition):
                     raise ValueError(f"ingest.{field}: applies to text_to_image only, not {self.name}")
             if ingest.alpha_mask:
                 raise ValueError(f"ingest.alpha_mask: applies to text_to_image only, not {self.name}")
-            if ingest.text_column:
-                raise ValueError(f"ingest.text_column: a table of texts trains with task: text_classification, not {self.name}")
             self.check_ingest(ingest)
         super().check_config(ingest, model, train)
         if train is not None and train.diffusion != DiffusionTrainingConfig():

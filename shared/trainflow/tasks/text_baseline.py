@@ -17,7 +17,7 @@ def tfidf_logistic_probabilities(cache_dir: Path, c_grid: tuple[float, ...]) -> 
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from trainflow.data.cache.token_cache import read_token_cache_attrs, split_texts
+    from trainflow.tasks.text_classification_cache import read_token_cache_attrs, split_texts
 
     num_classes = len(read_token_cache_attrs(cache_dir)["info"]["class_names"])
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (split_texts(cache_dir, s) for s in ("train", "val", "test"))

@@ -1,8 +1,8 @@
 """Text classification: one class per text, from a table's text column (ingest.text_column) and label column.
 
-The texts are tokenized once into a token cache (trainflow.data.cache.token_cache; batches are padded only to
+The texts are tokenized once into a token cache (trainflow.tasks.text_classification_cache; batches are padded only to
 their longest record, optionally bucketed by length). The model is a transformers encoder with a linear head
-(trainflow.models.text_classifier): a pretrained one from a folder or the Hugging Face cache, or a small BERT built
+(trainflow.tasks.text_classification_model): a pretrained one from a folder or the Hugging Face cache, or a small BERT built
 from model.text_encoder with a WordPiece tokenizer trained on the train split. Test metrics are the classifier's
 (accuracy, macro-F1 with bootstrap intervals, ...) beside a scikit-learn TF-IDF + LogisticRegression baseline
 fitted on the same train split.
@@ -41,7 +41,7 @@ class TextClassificationTraining:
     name = "text_classification"
 
     def __init__(self, cache_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> None:
-        from trainflow.data.cache.token_cache import TokenRecords, length_boundaries, read_token_cache_attrs
+        from trainflow.tasks.text_classification_cache import TokenRecords, length_boundaries, read_token_cache_attrs
         from trainflow.tasks.losses import classification_loss
 
         self.cache_dir, self.model_cfg, self.seed = Path(cache_dir), model_cfg, seed
@@ -54,8 +54,8 @@ class TextClassificationTraining:
         self.loss = classification_loss(train_cfg.loss, self._train.labels, len(self.class_names))
 
     def build_model(self) -> nn.Module:
-        from trainflow.data.cache.text_tokenizers import resolve_model_folder
-        from trainflow.models.text_classifier import TextClassifier, build_encoder
+        from trainflow.tasks.text_classification_tokenizers import resolve_model_folder
+        from trainflow.tasks.text_classification_model import TextClassifier, build_encoder
 
         pretrained = self.text_cfg.pretrained
         folder = resolve_model_folder(pretrained, "model.text_encoder.pretrained") if pretrained else None
@@ -66,7 +66,7 @@ class TextClassificationTraining:
         return self._train
 
     def val_dataset(self):
-        from trainflow.data.cache.token_cache import TokenRecords
+        from trainflow.tasks.text_classification_cache import TokenRecords
 
         return TokenRecords(self.cache_dir, "val", self.boundaries)
 
@@ -86,8 +86,8 @@ class TextClassificationTraining:
         return {"loss": float(totals["loss_sum"] / totals["count"]), "accuracy": float(totals["correct"] / totals["count"])}
 
     def export(self, model: nn.Module, folder: Path) -> None:
-        from trainflow.data.cache.token_cache import TOKENIZER_FOLDER
-        from trainflow.models.text_classifier import save_text_classifier
+        from trainflow.tasks.text_classification_cache import TOKENIZER_FOLDER
+        from trainflow.tasks.text_classification_model import save_text_classifier
 
         save_text_classifier(model, Path(folder), self.cache_dir / TOKENIZER_FOLDER, {
             "task": self.name, "class_names": self.class_names, "pooling": self.text_cfg.pooling,
@@ -115,7 +115,7 @@ class TextPredictor:
     @torch.no_grad()
     def record_outputs(self, cache_dir: Path, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities float64, labels) on the cache's test split in record order; UserFacingError when it is empty."""
-        from trainflow.data.cache.token_cache import TokenRecords
+        from trainflow.tasks.text_classification_cache import TokenRecords
         from trainflow.data.loading.batch_collate import collate_records
 
         test_set = TokenRecords(cache_dir, "test")
@@ -141,6 +141,7 @@ class TextClassificationDefinition(TaskDefinition):
     record_needs = RecordNeeds(required=frozenset({"caption", "label"}), classes_of="labels")
     baselines = (TFIDF_BASELINE,)
     compares_per_record = True
+    config_fields = frozenset({"ingest.text_column", "model.text_encoder"})
 
     # ------------------------------------------------------------ config
     def check_config(self, ingest: IngestConfig | None, model: ModelConfig | None, train: TrainConfig | None) -> None:
@@ -178,8 +179,8 @@ class TextClassificationDefinition(TaskDefinition):
 
     def check_local_files(self, config: RunConfig) -> None:
         """The tokenizer must belong to the encoder, and max_length fit its position embeddings."""
-        from trainflow.data.cache.text_tokenizers import load_tokenizer, resolve_model_folder
-        from trainflow.data.cache.token_cache import cache_tokenizer
+        from trainflow.tasks.text_classification_tokenizers import load_tokenizer, resolve_model_folder
+        from trainflow.tasks.text_classification_cache import cache_tokenizer
 
         text_cfg = text_encoder_config(config.model)
         if not text_cfg.pretrained:
@@ -190,7 +191,7 @@ class TextClassificationDefinition(TaskDefinition):
 
     # ------------------------------------------------------------ data and training
     def build_cache(self, dataset_dir: str, cache_dir: str, model_cfg: ModelConfig, cache_cfg: CacheConfig) -> dict[str, Any]:
-        from trainflow.data.cache.token_cache import build_token_cache
+        from trainflow.tasks.text_classification_cache import build_token_cache
 
         return build_token_cache(dataset_dir, cache_dir, text_encoder_config(model_cfg))
 
@@ -199,7 +200,7 @@ class TextClassificationDefinition(TaskDefinition):
 
     # ------------------------------------------------------------ evaluation
     def load_for_prediction(self, folder: Path) -> TextPredictor:
-        from trainflow.models.text_classifier import load_text_classifier
+        from trainflow.tasks.text_classification_model import load_text_classifier
 
         model, tokenizer, meta = load_text_classifier(Path(folder))
         return TextPredictor(model, tokenizer, meta)

@@ -27,11 +27,11 @@ from torch.utils.data import Dataset
 
 from trainflow.atomic_files import atomic_directory
 from trainflow.config.text_encoder import TextEncoderConfig
-from trainflow.data.cache.text_tokenizers import (
-    check_tokenizer_fits, load_tokenizer, max_positions, resolve_model_folder, train_wordpiece,
-)
 from trainflow.data.manifest import SPLITS, manifest_sha256, read_dataset_info, read_manifest
 from trainflow.errors import ConfigError, UserFacingError
+from trainflow.tasks.text_classification_tokenizers import (
+    check_tokenizer_fits, load_tokenizer, max_positions, resolve_model_folder, train_wordpiece,
+)
 
 TOKEN_CACHE_FILE = "tokens.h5"
 TOKENIZER_FOLDER = "tokenizer"
