@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(kills):
             pipeline = pipelines[index % len(pipelines)]
             faults.append(kill_fault(pipeline, configs[pipeline], work, baselines[pipeline], rng, index, env))
-            # A full campaign takes hours: each fault's row is printed as it ends, the whole table again at the end.
+            # A full campaign takes about an hour: each fault's row is printed as it ends, the whole table again at the end.
             print(f"chaos: fault done: {table_row(len(faults), faults[-1])}", flush=True)
         if not args.smoke:
             faults.append(disk_fault(configs["regression"], work, baselines["regression"][0], env) if "regression"

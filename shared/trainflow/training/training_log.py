@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from trainflow.atomic_files import atomic_write_text
 from trainflow.config.training import LoggingConfig
 
 STEP_LOG = "training_log.jsonl"
@@ -53,9 +54,8 @@ class TrainingLog:
         """Drop step records after `step` (they were not covered by the checkpoint we resume from)."""
         if not self.enabled or not self.step_log.is_file():
             return
-        kept = [line for line in self.step_log.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.step_log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        kept = [line for line, record in _complete_lines(self.step_log) if record.get("step", 0) <= step]
+        atomic_write_text(self.step_log, "".join(line + "\n" for line in kept))
 
     def reset(self) -> None:
         if self.enabled and self.step_log.exists():
@@ -103,8 +103,24 @@ class TrainingLog:
             self._writer.close()
 
 
+def _complete_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every finished line with its record: a line still being appended (or cut by a kill) has no newline yet."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = []
+    for line in text.split("\n")[:-1]:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash mid-write; the checkpoint, not the log, is the source of truth
+        if isinstance(record, dict):
+            lines.append((line, record))
+    return lines
+
+
 def read_step_log(checkpoint_dir: Path) -> list[dict[str, Any]]:
     path = Path(checkpoint_dir) / STEP_LOG
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [record for _, record in _complete_lines(path)]
