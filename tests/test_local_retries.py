@@ -71,6 +71,13 @@ def test_other_failures_are_retried_with_the_backoff_and_each_attempt_is_named(t
     assert shown.splitlines()[-1].startswith("[1/1] flaky, attempt 3 of 3 succeeded in ")
 
 
+def test_a_service_that_did_not_answer_is_retried(tmp_path):
+    """Exit code 3 (ServiceUnavailableError: e.g. the tracking server was down) is one sentence, but retried."""
+    runs, waits, shown, succeeded = run_flaky(tmp_path, "3,0,0")
+    assert (runs, waits, succeeded) == (2, [60.0], True)
+    assert "  flaky: attempt 1 of 3 failed; retrying in 60 s" in shown and "not retried" not in shown
+
+
 def test_the_last_attempt_fails_without_a_further_wait(tmp_path):
     runs, waits, shown, succeeded = run_flaky(tmp_path, "1,1,1")
     assert (runs, waits, succeeded) == (3, [60.0, 120.0], False)

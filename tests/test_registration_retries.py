@@ -169,8 +169,8 @@ def test_people_promote_and_roll_back_recording_who_and_why(model_dir, tmp_path,
 
 
 def test_an_unreachable_tracking_server_is_retried_then_fails_in_one_sentence_without_credentials(model_dir, tmp_path,
-                                                                                                   monkeypatch):
-    from trainflow.errors import UserFacingError
+                                                                                                   monkeypatch, capsys):
+    from trainflow.errors import ServiceUnavailableError
     from trainflow.registry import tracking
 
     with socket.socket() as probe:  # a port nobody listens on
@@ -178,13 +178,17 @@ def test_an_unreachable_tracking_server_is_retried_then_fails_in_one_sentence_wi
         port = probe.getsockname()[1]
     waits = []
     monkeypatch.setattr(tracking.time, "sleep", waits.append)
-    with pytest.raises(UserFacingError) as caught:
+    with pytest.raises(ServiceUnavailableError) as caught:  # the stage exits 3: its retry policy runs it again
         register_table_model(model_dir, f"http://alice:planted-secret@127.0.0.1:{port}", tmp_path / "r.md",
                              pipeline_run_id="kfp-x")
     message = str(caught.value)
     assert waits == [1.0, 2.0, 4.0], "four tries with doubling waits"
     assert f"http://***@127.0.0.1:{port} did not answer after 4 tries" in message and "nothing was registered" in message
     assert "planted-secret" not in message and "\n" not in message
+    waiting = capsys.readouterr().err.splitlines()
+    assert [line for line in waiting if "trying again" in line] == [
+        f"trainflow: the MLflow tracking store http://***@127.0.0.1:{port} did not answer; trying again in {w} s "
+        f"(try {n} of 4)" for n, w in ((2, 1), (3, 2), (4, 4))]
 
 
 def test_credentials_in_uris_never_reach_params_tags_reports_or_output(model_dir, tmp_path, capsys):

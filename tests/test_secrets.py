@@ -32,7 +32,8 @@ SECRETS = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, bl
 def test_a_password_in_any_uri_is_masked_in_text(user, password, scheme, around):
     uri = f"{scheme}://{user}:{password}@host.example:5000/path"
     shown = redact_text(around.format(uri))
-    assert password not in shown and f"{scheme}://{MASK}@host.example:5000/path" in shown
+    # Exactly the URI's credentials go (the password may also be a word of the text around it, such as "failed").
+    assert shown == around.format(f"{scheme}://{MASK}@host.example:5000/path")
 
 
 @settings(max_examples=100, deadline=None)

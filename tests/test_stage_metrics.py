@@ -74,7 +74,7 @@ def test_a_stage_that_succeeds_pushes_its_duration_and_outcome(gateway, capsys):
     values = pushed(request)
     assert 0.2 <= values[("trainflow_stage_duration_seconds", ())] < 5
     assert {outcome: values[("trainflow_stage_outcome", (("outcome", outcome),))] for outcome in OUTCOMES} == {
-        "succeeded": 1, "user_error": 0, "failed": 0, "cancelled": 0}
+        "succeeded": 1, "user_error": 0, "unavailable": 0, "failed": 0, "cancelled": 0}
     ran = values[("trainflow_stage_last_run_timestamp_seconds", ())]
     assert abs(ran - time.time()) < 60 and values[("trainflow_stage_last_success_timestamp_seconds", ())] == ran
     assert capsys.readouterr().err == ""
@@ -88,6 +88,17 @@ def test_a_user_error_is_pushed_as_such_and_keeps_the_last_success(gateway):
     assert values[("trainflow_stage_outcome", (("outcome", "user_error"),))] == 1
     assert values[("trainflow_stage_outcome", (("outcome", "succeeded"),))] == 0
     assert not any(name == "trainflow_stage_last_success_timestamp_seconds" for name, _ in values)
+
+
+def test_a_service_outage_exits_with_the_retried_code_and_is_pushed_as_unavailable(gateway, capsys):
+    from trainflow.errors import ServiceUnavailableError
+    from trainflow.exit_codes import SERVICE_UNAVAILABLE_EXIT_CODE
+
+    with pytest.raises(SystemExit) as stopped:
+        run_stage(ingest_split, fail=ServiceUnavailableError("the MLflow tracking store did not answer"))
+    assert stopped.value.code == SERVICE_UNAVAILABLE_EXIT_CODE != USER_ERROR_EXIT_CODE
+    assert capsys.readouterr().err == "trainflow: ingest_split failed: the MLflow tracking store did not answer\n"
+    assert pushed(gateway.requests[0])[("trainflow_stage_outcome", (("outcome", "unavailable"),))] == 1
 
 
 def test_a_crash_is_pushed_as_failed_and_still_raises(gateway):

@@ -4,6 +4,9 @@ restart policy, the local runner) can tell a user error from a crash from a stop
 - USER_ERROR_EXIT_CODE (2): a UserFacingError (bad config, missing data or weights); retrying
   cannot help. KFP 2.17's retry policy cannot filter on exit codes, so the pipelines also run a
   cheap `preflight` task without retries before any task that retries (pipelines/pipeline_settings.py);
+- SERVICE_UNAVAILABLE_EXIT_CODE (3): a ServiceUnavailableError, a server the stage needs (the
+  MLflow tracking store) did not answer after the stage's own retries. One sentence like a user
+  error, but retriable: the task's retry policy runs it again after its backoff.
 - 1: any other exception, with its traceback (a bug, or an infrastructure failure);
 - CANCELLED_EXIT_CODE (143 = 128 + SIGTERM): the pod was told to stop (run cancelled, node
   drained). SIGTERM is turned into SystemExit so `finally` blocks run: a launcher deletes its
@@ -21,5 +24,6 @@ from __future__ import annotations
 import signal
 
 USER_ERROR_EXIT_CODE = 2
+SERVICE_UNAVAILABLE_EXIT_CODE = 3
 CANCELLED_EXIT_CODE = 128 + signal.SIGTERM
 PREEMPTED_EXIT_CODE = CANCELLED_EXIT_CODE  # one "stopped by SIGTERM, retry me" code; see above

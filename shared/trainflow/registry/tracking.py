@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from trainflow.redaction import redact_text
-from trainflow.errors import UserFacingError
+from trainflow.errors import ServiceUnavailableError
 
 LOCAL_STATE_DIR = ".trainflow"
 
@@ -52,7 +53,8 @@ def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float =
     """An MlflowClient for `tracking_uri` once the store answers (also made MLflow's current tracking URI);
     retried with doubling waits.
 
-    Raises UserFacingError (one sentence, credentials redacted) when it never answers, before
+    Raises ServiceUnavailableError (one sentence, credentials redacted; the stage exits 3, which the retry
+    policy retries) when it never answers, before
     anything was written, so an unreachable server leaves no half-registered version.
     """
     import mlflow
@@ -74,6 +76,8 @@ def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float =
             except Exception as error:  # any failure to answer means the same: not reachable yet
                 last_error = " ".join(str(error).split())[:200]
             if attempt < tries - 1:
+                print(f"trainflow: the MLflow tracking store {redact_text(tracking_uri)} did not answer; "
+                      f"trying again in {wait:.0f} s (try {attempt + 2} of {tries})", file=sys.stderr, flush=True)
                 time.sleep(wait)
                 wait *= 2
     finally:
@@ -82,6 +86,6 @@ def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float =
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    raise UserFacingError(f"the MLflow tracking store {redact_text(tracking_uri)} did not answer after {tries} tries "
+    raise ServiceUnavailableError(f"the MLflow tracking store {redact_text(tracking_uri)} did not answer after {tries} tries "
                           f"({redact_text(last_error)}); start it or fix register.tracking_uri / MLFLOW_TRACKING_URI, "
                           "then retry (nothing was registered)")

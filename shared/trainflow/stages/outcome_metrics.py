@@ -10,7 +10,7 @@ them, so `trainflow.stages.runner.run_stage` pushes one group per stage when it 
     job="trainflow_stage", stage="<stage function>"   (the grouping key: the newest run of a stage)
     trainflow_stage_duration_seconds                   wall time of the stage
     trainflow_stage_outcome{outcome}                   1 for this run's outcome, 0 for the others:
-                                                       succeeded | user_error | failed | cancelled
+                                                       succeeded | user_error | unavailable | failed | cancelled
     trainflow_stage_last_run_timestamp_seconds
     trainflow_stage_last_success_timestamp_seconds     pushed on success only: POST (pushadd) replaces
                                                        only the names pushed, so a failure keeps it
@@ -28,7 +28,7 @@ import urllib.parse
 
 PUSHGATEWAY_ENV = "TRAINFLOW_PUSHGATEWAY"
 JOB = "trainflow_stage"
-OUTCOMES = ("succeeded", "user_error", "failed", "cancelled")
+OUTCOMES = ("succeeded", "user_error", "unavailable", "failed", "cancelled")
 TIMEOUT_SECONDS = 5.0
 
 

@@ -1,6 +1,7 @@
 """Run a stage function from a component: a user error becomes one line and its own exit code.
 
-The codes (trainflow.exit_codes): 2 for a UserFacingError (retrying cannot help), 1 for any other
+The codes (trainflow.exit_codes): 2 for a UserFacingError (retrying cannot help), 3 for a
+ServiceUnavailableError (a server did not answer; the retry policy runs the stage again), 1 for any other
 exception (with its traceback), 143 when SIGTERM stopped the stage (turned into SystemExit so
 `finally` blocks run: a launcher deletes its training job, atomic writers remove their temporary
 folders; the training engine takes SIGTERM over for its loop and checkpoints first).
@@ -14,8 +15,8 @@ import time
 import traceback
 from typing import Any, Callable
 
-from trainflow.errors import UserFacingError
-from trainflow.exit_codes import CANCELLED_EXIT_CODE, USER_ERROR_EXIT_CODE
+from trainflow.errors import ServiceUnavailableError, UserFacingError
+from trainflow.exit_codes import CANCELLED_EXIT_CODE, SERVICE_UNAVAILABLE_EXIT_CODE, USER_ERROR_EXIT_CODE
 from trainflow.redaction import redact_text
 
 
@@ -44,9 +45,10 @@ def run_stage(stage: Callable[..., Any], **kwargs: Any) -> Any:
         outcome = "succeeded"
         return result
     except UserFacingError as exc:
-        outcome = "user_error"
+        unavailable = isinstance(exc, ServiceUnavailableError)
+        outcome = "unavailable" if unavailable else "user_error"
         print(f"trainflow: {stage.__name__} failed: {redact_text(str(exc))}", file=sys.stderr, flush=True)
-        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+        raise SystemExit(SERVICE_UNAVAILABLE_EXIT_CODE if unavailable else USER_ERROR_EXIT_CODE) from None
     except SystemExit as exc:
         outcome = "cancelled" if exc.code == CANCELLED_EXIT_CODE else "failed"
         raise
