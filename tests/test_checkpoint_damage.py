@@ -163,6 +163,18 @@ def test_a_checkpoint_of_another_run_is_still_refused_rather_than_skipped(pristi
         Trainer(WineTask(), cfg, folder, 0, identity).fit()
 
 
+@pytest.mark.parametrize("edit", [lambda text: text + "\t", lambda text: text.replace("\n", "\r\n", 1),
+                                  lambda text: text.replace(" ", "", 1)], ids=["tab appended", "crlf", "space removed"])
+def test_a_manifest_edited_only_in_whitespace_is_caught(pristine, tmp_path, edit):
+    """Found by the property below: the same JSON content in other bytes still means someone edited the file."""
+    folder = tmp_path / "probe"
+    shutil.copytree(pristine / NEWEST, folder)
+    manifest = folder / "manifest.json"
+    manifest.write_bytes(edit(manifest.read_text(encoding="utf-8")).encode("utf-8"))
+    with pytest.raises(CheckpointUnusable, match="not byte for byte what trainflow wrote"):
+        CheckpointStore(tmp_path, True, 3, 4).load(folder)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_change_to_any_file_of_a_checkpoint_is_caught_when_it_is_read(pristine, tmp_path, data):

@@ -49,9 +49,11 @@ CONNECT_TRIES = 4
 CONNECT_FIRST_WAIT_S = 1.0
 
 
-def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float = CONNECT_FIRST_WAIT_S):
+def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float = CONNECT_FIRST_WAIT_S,
+            say_waits: bool = True):
     """An MlflowClient for `tracking_uri` once the store answers (also made MLflow's current tracking URI);
-    retried with doubling waits.
+    retried with doubling waits, each said in one stderr line unless `say_waits` is False (a caller for which
+    the store is optional says the outcome once instead).
 
     Raises ServiceUnavailableError (one sentence, credentials redacted; the stage exits 3, which the retry
     policy retries) when it never answers, before
@@ -76,8 +78,9 @@ def connect(tracking_uri: str, tries: int = CONNECT_TRIES, first_wait_s: float =
             except Exception as error:  # any failure to answer means the same: not reachable yet
                 last_error = " ".join(str(error).split())[:200]
             if attempt < tries - 1:
-                print(f"trainflow: the MLflow tracking store {redact_text(tracking_uri)} did not answer; "
-                      f"trying again in {wait:.0f} s (try {attempt + 2} of {tries})", file=sys.stderr, flush=True)
+                if say_waits:
+                    print(f"trainflow: the MLflow tracking store {redact_text(tracking_uri)} did not answer; "
+                          f"trying again in {wait:.0f} s (try {attempt + 2} of {tries})", file=sys.stderr, flush=True)
                 time.sleep(wait)
                 wait *= 2
     finally:

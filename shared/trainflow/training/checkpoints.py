@@ -76,12 +76,17 @@ def _content_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def _manifest_text(manifest: dict[str, Any]) -> str:
+    """The one serialization of a manifest: reading compares the file with it byte for byte."""
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+
+
 def seal(folder: Path, step: int, metric: float | None) -> None:
     """Write `folder`'s manifest: the checksum of every file in it (written last: it vouches for the rest)."""
     files = {p.name: _sha256(p) for p in sorted(Path(folder).iterdir()) if p.name != MANIFEST_FILE}
     manifest: dict[str, Any] = {"step": step, "metric": metric, "files": files}
     manifest["manifest_sha256"] = _content_digest(manifest)
-    (Path(folder) / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    (Path(folder) / MANIFEST_FILE).write_text(_manifest_text(manifest), encoding="utf-8")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -90,7 +95,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointUnusable(f"{MANIFEST_FILE} is missing (the folder was not written by trainflow, or was damaged)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")  # not read_text: it would turn \r\n into \n unseen
+        manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointUnusable(f"{MANIFEST_FILE} is not valid JSON ({exc})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -100,6 +106,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise CheckpointUnusable(f"{MANIFEST_FILE} does not have the shape trainflow writes")
     if manifest.get("manifest_sha256") != _content_digest(manifest):
         raise CheckpointUnusable(f"{MANIFEST_FILE} does not match its own checksum (edited or damaged)")
+    if text != _manifest_text(manifest):  # same content, other bytes (whitespace added or removed): edited
+        raise CheckpointUnusable(f"{MANIFEST_FILE} is not byte for byte what trainflow wrote (edited or damaged)")
     match = _NAME.match(Path(folder).name)
     if match and manifest.get("step") != int(match.group(1)):
         raise CheckpointUnusable(f"{MANIFEST_FILE} is for step {manifest.get('step')}, not the folder's {int(match.group(1))}")
