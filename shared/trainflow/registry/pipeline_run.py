@@ -111,7 +111,7 @@ def stage_run(pipeline_run_id: str, stage: str) -> Iterator[tuple[Any, str] | No
     opened, problem = None, ""
     try:
         tracking_uri = uri_with_environment_credentials(uri)
-        client = connect(tracking_uri, tries=STAGE_CONNECT_TRIES)
+        client = connect(tracking_uri, tries=STAGE_CONNECT_TRIES, say_waits=False)  # one warning line below says it
         experiment_id = ensure_experiment(client, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
                                           tracking_uri)
         parent = pipeline_parent_run(client, experiment_id, pipeline_run_id)
