@@ -415,7 +415,7 @@ def build_trainer(load: Workload, contender: EngineContender):
     """The engine with validation and checkpoints as rare as the config allows, on a gated TextToImageTask."""
     from trainflow.config import TrainConfig, parse_section
     from trainflow.data.cache.attrs import read_cache_dataset_hash
-    from trainflow.tasks.text_to_image import TextToImageTask
+    from trainflow.tasks.text_to_image_training import TextToImageTask
     from trainflow.training.engine import Trainer
     from trainflow.training.run_identity import RunIdentity
 

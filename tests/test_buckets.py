@@ -206,7 +206,7 @@ def test_every_step_comes_from_one_bucket_and_the_order_is_a_function_of_seed_an
 
 def test_validation_loss_of_a_bucketed_cache_does_not_depend_on_the_batch_size(bucketed_cache, tiny_base_model):
     from trainflow.config import DiffusionTrainingConfig
-    from trainflow.tasks.text_to_image import TextToImageTask
+    from trainflow.tasks.text_to_image_training import TextToImageTask
 
     task = TextToImageTask(tiny_base_model, bucketed_cache, DiffusionTrainingConfig(), seed=0)
     model = task.build_model().eval()
@@ -237,7 +237,7 @@ def test_training_on_buckets_runs_validates_and_scores_the_test_split(bucketed_c
 
 def test_sample_grids_of_a_bucketed_cache_draw_each_record_at_its_size(bucketed_cache, tiny_base_model):
     from trainflow.config import DiffusionTrainingConfig
-    from trainflow.tasks.text_to_image import TextToImageTask
+    from trainflow.tasks.text_to_image_training import TextToImageTask
 
     task = TextToImageTask(tiny_base_model, bucketed_cache, DiffusionTrainingConfig(), seed=0)
     val = task.val_dataset()

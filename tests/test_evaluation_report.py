@@ -237,7 +237,7 @@ def test_report_renders_in_headless_chromium(iris_run, tmp_path):
 
 @pytest.mark.slow  # trains the tiny Stable-Diffusion UNet for two epochs: ~40 s on a busy 2-core machine
 def test_text_to_image_scores_best_last_and_base_with_identical_noise(digits_dir, tiny_base_model, tmp_path, monkeypatch):
-    from trainflow.tasks.text_to_image import TextToImageTask
+    from trainflow.tasks.text_to_image_training import TextToImageTask
 
     art = {name: LocalArtifact(str(tmp_path / name)) for name in ("dataset", "ingest.md", "cache", "model", "train.json")}
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 40}, 0,

@@ -28,7 +28,7 @@ from trainflow.diffusion.denoising_loss import per_record_loss
 from trainflow.data.cache.latent_cache import CachedLatents
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.ingest_split import ingest_split
-from trainflow.tasks.text_to_image import TextToImageTask
+from trainflow.tasks.text_to_image_training import TextToImageTask
 
 SCHEDULER = DDPMScheduler(num_train_timesteps=1000)
 

@@ -21,7 +21,7 @@ from trainflow.errors import ConfigError
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.ingest_split import ingest_split
 from trainflow.stages.train import train
-from trainflow.tasks.text_to_image import TextToImageTask
+from trainflow.tasks.text_to_image_training import TextToImageTask
 from trainflow.training.batch_plan import EpochPlan
 from trainflow.training.distributed import ProcessInfo
 

@@ -27,7 +27,7 @@ from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate
 from trainflow.stages.ingest_split import ingest_split
 from trainflow.stages.train import train
-from trainflow.tasks.text_to_image import TextToImageTask
+from trainflow.tasks.text_to_image_training import TextToImageTask
 from trainflow.training.run_identity import load_trainable_state
 
 TRAIN = {"max_epochs": 1, "batch_size": 8, "device": "cpu", "mixed_precision": "no",

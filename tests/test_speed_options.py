@@ -87,7 +87,7 @@ def test_a_compiler_that_fails_falls_back_with_one_message(tmp_path, capsys, mon
 
 
 def test_the_text_to_image_task_compiles_its_unet():
-    from trainflow.tasks.text_to_image import DiffusionModel, TextToImageTask
+    from trainflow.tasks.text_to_image_training import DiffusionModel, TextToImageTask
 
     unet = torch.nn.Linear(2, 2)
     assert TextToImageTask.compile_targets(None, DiffusionModel(unet, None)) == [unet]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import small_config
 from trainflow.artifacts import LocalArtifact
 from trainflow.errors import MissingWeightsError
-from trainflow.tasks import text_to_image
+from trainflow.tasks import text_to_image_training
 from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate
 from trainflow.stages.ingest_split import ingest_split
@@ -129,7 +129,7 @@ def test_early_stopping_keeps_the_best_epoch_not_the_last(chain, tmp_path, monke
     """Validation improves, then worsens: training stops and ships epoch 2's weights, not the last."""
     config, out, _ = chain
     losses = iter([0.50, 0.40, 0.45, 0.46, 0.47, 0.48])
-    monkeypatch.setattr(text_to_image.TextToImageTask, "finalize_validation", lambda self, totals: {"loss": next(losses)})
+    monkeypatch.setattr(text_to_image_training.TextToImageTask, "finalize_validation", lambda self, totals: {"loss": next(losses)})
     cfg = {"max_epochs": 6, "batch_size": 16, "optimizer": {"learning_rate": 1e-3}, "logging": {"tensorboard": False},
            "early_stopping": {"patience": 3}, "checkpoints": {"keep_top_k": 1, "total_limit": 2}}
     model, metrics = LocalArtifact(str(tmp_path / "model")), LocalArtifact(str(tmp_path / "metrics"))

@@ -29,8 +29,8 @@ from trainflow.stages.build_cache import build_cache
 from trainflow.stages.evaluate import evaluate
 from trainflow.stages.ingest_split import ingest_split
 from trainflow.stages.train import train
-from trainflow.tasks import text_to_image
-from trainflow.tasks.text_to_image import TextToImageTask
+from trainflow.tasks import text_to_image_training
+from trainflow.tasks.text_to_image_training import TextToImageTask
 from trainflow.training.batch_plan import validation_loader
 from trainflow.training.distributed import ProcessInfo
 from trainflow.training.run_identity import load_trainable_state
@@ -462,8 +462,8 @@ def test_sample_images_are_what_stock_diffusers_draws_for_the_val_captions(sourc
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     latents = torch.randn((3, 4, 8, 8), generator=torch.Generator().manual_seed(0))
-    stock = pipe(captions, latents=latents, num_inference_steps=text_to_image.SAMPLE_STEPS, height=32, width=32,
-                 guidance_scale=text_to_image.SAMPLE_GUIDANCE_SCALE, output_type="pt").images
+    stock = pipe(captions, latents=latents, num_inference_steps=text_to_image_training.SAMPLE_STEPS, height=32, width=32,
+                 guidance_scale=text_to_image_training.SAMPLE_GUIDANCE_SCALE, output_type="pt").images
     assert images.shape == (3, 3, 32, 32)
     torch.testing.assert_close(images, stock, rtol=0, atol=1e-4)
 
