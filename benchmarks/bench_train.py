@@ -173,9 +173,9 @@ def prepare(load: Workload) -> None:
     write_digits_imagefolder(raw)
     ingest_split({"dataset_dir": str(raw), "resolution": args.resolution, "label_column": "label",
                   "max_records": args.records}, args.seed, LocalArtifact(str(load.dataset)),
-                 LocalArtifact(str(load.work / "ingest.md")))
+                 LocalArtifact(str(load.work / "ingest.md")), task="text_to_image")
     build_cache(str(load.dataset), {"base": str(load.base)},
-                {"batch_size": 32, "storage_dtype": "float32", "device": str(load.device)}, LocalArtifact(str(load.cache)))
+                {"batch_size": 32, "storage_dtype": "float32", "device": str(load.device)}, LocalArtifact(str(load.cache)), task="text_to_image")
 
 
 @contextlib.contextmanager

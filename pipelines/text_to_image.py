@@ -105,7 +105,7 @@ def build_text_to_image_pipeline(settings: PodSettings):
         register_task = register_model(
             dataset=ingest_task.outputs["dataset"], model=train_task.outputs["model"],
             eval_metrics=evaluate_task.outputs["metrics"], score_metrics=score_task.outputs["metrics"],
-            register_config=register_config, run_name=run_name, params=params,
+            register_config=register_config, run_name=run_name, params=params, task=TASK,
             pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline_name=PIPELINE_NAME,
         )
         place(register_task, settings, cpu="1", memory="4G", retries=3, volumes=False, mlflow=True)

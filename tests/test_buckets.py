@@ -94,7 +94,7 @@ def test_settings_that_leave_images_without_a_bucket_are_one_sentence_before_any
                                                                                             tmp_path):
     with pytest.raises(ConfigError) as error:
         ingest_split({"dataset_dir": str(digits_dir), "resolution": 512, "buckets": buckets}, 0,
-                     LocalArtifact(str(tmp_path / "dataset")), LocalArtifact(str(tmp_path / "report.md")))
+                     LocalArtifact(str(tmp_path / "dataset")), LocalArtifact(str(tmp_path / "report.md")), task="text_to_image")
     message = str(error.value)
     assert "buckets: no bucket of about" in message and field in message and "no image would have a bucket" in message
     assert "\n" not in message and not (tmp_path / "dataset").exists()
@@ -121,7 +121,7 @@ def mixed_digits(tmp_path_factory) -> Path:
 def bucketed(tmp_path_factory, mixed_digits) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("bucketed")
     dataset, report = LocalArtifact(str(tmp / "dataset")), LocalArtifact(str(tmp / "report.md"))
-    summary = ingest_split({"dataset_dir": str(mixed_digits), **INGEST}, 0, dataset, report)
+    summary = ingest_split({"dataset_dir": str(mixed_digits), **INGEST}, 0, dataset, report, task="text_to_image")
     assert summary["num_buckets"] == 3
     return {"dataset": Path(dataset.path), "report": Path(report.path), "tmp": tmp}
 
@@ -152,7 +152,7 @@ def test_ingest_puts_each_image_in_its_nearest_bucket_and_records_size_and_crop(
 def test_square_ingest_writes_the_manifest_it_always_wrote(digits_dir, tmp_path):
     dataset = LocalArtifact(str(tmp_path / "dataset"))
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 20}, 0,
-                 dataset, LocalArtifact(str(tmp_path / "report.md")))
+                 dataset, LocalArtifact(str(tmp_path / "report.md")), task="text_to_image")
     lines = [json.loads(line) for line in (Path(dataset.path) / "manifest.jsonl").read_text().splitlines()]
     assert all(set(line) == {"id", "split", "sha256", "image", "caption", "label"} for line in lines)
     assert "buckets" not in read_dataset_info(dataset.path)
@@ -164,7 +164,7 @@ def test_square_ingest_writes_the_manifest_it_always_wrote(digits_dir, tmp_path)
 def bucketed_cache(bucketed, tiny_base_model) -> Path:
     cache = LocalArtifact(str(bucketed["tmp"] / "cache"))
     build_cache(str(bucketed["dataset"]), {"base": str(tiny_base_model)},
-                {"batch_size": 16, "storage_dtype": "float32", "shard_records": 16}, cache)
+                {"batch_size": 16, "storage_dtype": "float32", "shard_records": 16}, cache, task="text_to_image")
     return Path(cache.path)
 
 
@@ -231,7 +231,7 @@ def test_training_on_buckets_runs_validates_and_scores_the_test_split(bucketed_c
     assert record["steps_run"] > 0 and all(math.isfinite(h["val_loss"]) for h in record["history"])
     results = [evaluate(str(bucketed_cache), model.path, {"base": str(tiny_base_model)},
                         {"batch_size": size, "device": "cpu", "bootstrap_resamples": 0}, 0,
-                        LocalArtifact(str(tmp_path / f"eval{size}"))) for size in (1, 32)]
+                        LocalArtifact(str(tmp_path / f"eval{size}")), task="text_to_image") for size in (1, 32)]
     assert results[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=1e-6)
 
 
@@ -256,7 +256,7 @@ def test_sample_grids_of_a_bucketed_cache_draw_each_record_at_its_size(bucketed_
 def test_sdxl_time_ids_carry_each_images_original_size_and_crop(bucketed, tiny_sdxl_model, tmp_path):
     cache = LocalArtifact(str(tmp_path / "sdxl-cache"))
     build_cache(str(bucketed["dataset"]), {"base": str(tiny_sdxl_model)}, {"batch_size": 16, "storage_dtype": "float32"},
-                cache)
+                cache, task="text_to_image")
     records = CachedLatents(cache.path, "train")
     for index, entry in enumerate(read_manifest(bucketed["dataset"], "train")):
         with Image.open(bucketed["dataset"] / entry.image) as snapshot:

@@ -93,7 +93,7 @@ def test_caption_tokens_are_counted_with_the_base_models_tokenizer_when_present(
 def test_quarantine_files_and_report_from_the_stage(tmp_path, corpus):
     config = {"dataset_dir": str(corpus.root), **CORPUS_CONFIG, "max_bad_fraction": 0.9}
     dataset, report = LocalArtifact(str(tmp_path / "dataset")), LocalArtifact(str(tmp_path / "report.md"))
-    summary = ingest_split(config, 0, dataset, report)
+    summary = ingest_split(config, 0, dataset, report, task="text_to_image")
     lines = [json.loads(line) for line in (tmp_path / "dataset" / "rejected.jsonl").read_text().splitlines()]
     assert len(lines) == summary["num_rejected"] == corpus.lines - summary["num_records"]
     assert all({"ref", "source", "reason"} <= set(line) for line in lines)
@@ -106,7 +106,7 @@ def test_too_many_rejections_fail_the_stage_after_writing_the_report(tmp_path, c
     config = {"dataset_dir": str(corpus.root), **CORPUS_CONFIG}  # default max_bad_fraction 0.2
     report = LocalArtifact(str(tmp_path / "report.md"))
     with pytest.raises(UserFacingError) as failure:
-        ingest_split(config, 0, LocalArtifact(str(tmp_path / "dataset")), report)
+        ingest_split(config, 0, LocalArtifact(str(tmp_path / "dataset")), report, task="text_to_image")
     message = str(failure.value)
     assert "above ingest.max_bad_fraction 0.2" in message and str(tmp_path / "report.md") in message
     assert "were rejected" in message and "%" in message
@@ -183,7 +183,7 @@ def test_exif_orientation_is_applied_before_the_snapshot(tmp_path):
         lines.append({"file_name": f"images/rotated-{index}.png", "text": "a rotated picture"})
     (root / "metadata.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
     dataset = LocalArtifact(str(tmp_path / "out"))
-    ingest_split({"dataset_dir": str(root), "resolution": 16}, 0, dataset, LocalArtifact(str(tmp_path / "r.md")))
+    ingest_split({"dataset_dir": str(root), "resolution": 16}, 0, dataset, LocalArtifact(str(tmp_path / "r.md")), task="text_to_image")
     first = json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])
     snapshot = Image.open(tmp_path / "out" / first["image"]).convert("RGB")
     top, bottom = snapshot.getpixel((8, 2)), snapshot.getpixel((8, 13))

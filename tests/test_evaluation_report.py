@@ -241,8 +241,8 @@ def test_text_to_image_scores_best_last_and_base_with_identical_noise(digits_dir
 
     art = {name: LocalArtifact(str(tmp_path / name)) for name in ("dataset", "ingest.md", "cache", "model", "train.json")}
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 40}, 0,
-                 art["dataset"], art["ingest.md"])
-    build_cache(art["dataset"].path, {"base": str(tiny_base_model)}, {"batch_size": 40, "storage_dtype": "float32"}, art["cache"])
+                 art["dataset"], art["ingest.md"], task="text_to_image")
+    build_cache(art["dataset"].path, {"base": str(tiny_base_model)}, {"batch_size": 40, "storage_dtype": "float32"}, art["cache"], task="text_to_image")
     losses = iter([0.4, 0.5])  # the best is epoch 1, so the last checkpoint (epoch 2) is scored beside it
     monkeypatch.setattr(TextToImageTask, "finalize_validation", lambda self, totals: {"loss": next(losses)})
     train("text_to_image", art["cache"].path, {"base": str(tiny_base_model)},

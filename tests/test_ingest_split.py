@@ -27,7 +27,7 @@ def make_bad_dataset(tmp_path, digits_dir):
 def run_ingest(tmp_path, root, **config):
     dataset = LocalArtifact(str(tmp_path / "out" / "dataset"))
     report = LocalArtifact(str(tmp_path / "out" / "report.md"))
-    summary = ingest_split({"dataset_dir": str(root), "resolution": 32, "label_column": "label", **config}, 0, dataset, report)
+    summary = ingest_split({"dataset_dir": str(root), "resolution": 32, "label_column": "label", **config}, 0, dataset, report, task="text_to_image")
     return summary, dataset, report
 
 

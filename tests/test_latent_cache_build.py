@@ -23,7 +23,7 @@ CACHE = {"batch_size": 4, "storage_dtype": "float32", "shard_records": 8}
 def dataset(tmp_path_factory, digits_dir) -> Path:
     tmp = tmp_path_factory.mktemp("latent-dataset")
     out, report = LocalArtifact(str(tmp / "dataset")), LocalArtifact(str(tmp / "report"))
-    ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 40}, 0, out, report)
+    ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 40}, 0, out, report, task="text_to_image")
     return Path(out.path)
 
 
@@ -41,7 +41,7 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 
 def build(dataset: Path, base: Path, out: Path, **cache) -> dict:
-    return build_cache(str(dataset), {"base": str(base)}, {**CACHE, **cache}, LocalArtifact(str(out)))
+    return build_cache(str(dataset), {"base": str(base)}, {**CACHE, **cache}, LocalArtifact(str(out)), task="text_to_image")
 
 
 @pytest.fixture(scope="module")

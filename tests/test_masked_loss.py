@@ -94,10 +94,10 @@ def masked_cache(tmp_path_factory, alpha_digits, tiny_base_model) -> dict[str, P
     tmp = tmp_path_factory.mktemp("masked")
     dataset = LocalArtifact(str(tmp / "dataset"))
     ingest_split({"dataset_dir": str(alpha_digits), "resolution": 32, "alpha_mask": True}, 0, dataset,
-                 LocalArtifact(str(tmp / "report.md")))
+                 LocalArtifact(str(tmp / "report.md")), task="text_to_image")
     cache = LocalArtifact(str(tmp / "cache"))
     build_cache(dataset.path, {"base": str(tiny_base_model)},
-                {"batch_size": 8, "storage_dtype": "float32", "flip_latents": True}, cache)
+                {"batch_size": 8, "storage_dtype": "float32", "flip_latents": True}, cache, task="text_to_image")
     return {"dataset": Path(dataset.path), "cache": Path(cache.path)}
 
 
@@ -172,7 +172,7 @@ def test_a_mask_of_the_wrong_size_is_quarantined_with_one_sentence(digits_dir, t
     (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dataset = LocalArtifact(str(tmp_path / "dataset"))
     summary = ingest_split({"dataset_dir": str(root), "resolution": 32, "mask_column": "mask"}, 0, dataset,
-                           LocalArtifact(str(tmp_path / "report.md")))
+                           LocalArtifact(str(tmp_path / "report.md")), task="text_to_image")
     rejected = [json.loads(line) for line in (Path(dataset.path) / "rejected.jsonl").read_text().splitlines()]
     assert summary["num_records"] == 19 and [r["rule"] for r in rejected] == ["mask_wrong_size"]
     assert rejected[0]["reason"] == "mask is 16x32 but its image is 32x32"

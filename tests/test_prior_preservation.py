@@ -54,10 +54,10 @@ def prior_data(tmp_path_factory, digits_dir, class_images, tiny_base_model) -> d
     tmp = tmp_path_factory.mktemp("prior")
     dataset, report = LocalArtifact(str(tmp / "dataset")), LocalArtifact(str(tmp / "report.md"))
     summary = ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 20,
-                            "prior_preservation": {"dataset_dir": str(class_images)}}, 0, dataset, report)
+                            "prior_preservation": {"dataset_dir": str(class_images)}}, 0, dataset, report, task="text_to_image")
     assert summary["num_prior"] == 12 and summary["num_records"] == 20
     cache = LocalArtifact(str(tmp / "cache"))
-    build_cache(dataset.path, {"base": str(tiny_base_model)}, {"batch_size": 32, "storage_dtype": "float32"}, cache)
+    build_cache(dataset.path, {"base": str(tiny_base_model)}, {"batch_size": 32, "storage_dtype": "float32"}, cache, task="text_to_image")
     return {"dataset": Path(dataset.path), "report": Path(report.path), "cache": Path(cache.path), "tmp": tmp}
 
 
@@ -143,9 +143,9 @@ def test_training_with_class_images_runs_and_asking_for_them_without_any_names_t
 
     plain_dataset, plain_cache = LocalArtifact(str(tmp_path / "d")), LocalArtifact(str(tmp_path / "c"))
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "max_records": 20}, 0, plain_dataset,
-                 LocalArtifact(str(tmp_path / "r.md")))
+                 LocalArtifact(str(tmp_path / "r.md")), task="text_to_image")
     build_cache(plain_dataset.path, {"base": str(tiny_base_model)}, {"batch_size": 32, "storage_dtype": "float32"},
-                plain_cache)
+                plain_cache, task="text_to_image")
     with pytest.raises(ConfigError, match=r"^train\.diffusion\.prior_preservation: the cache holds no class images"):
         train("text_to_image", plain_cache.path, {"base": str(tiny_base_model)}, config, 0,
               LocalArtifact(str(tmp_path / "m2")), LocalArtifact(str(tmp_path / "x2")),

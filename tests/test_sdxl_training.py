@@ -48,7 +48,7 @@ def dataset_dir(tmp_path_factory, digits_dir) -> Path:
     tmp = tmp_path_factory.mktemp("sdxl-data")
     dataset, report = LocalArtifact(str(tmp / "dataset")), LocalArtifact(str(tmp / "report"))
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 40}, 0,
-                 dataset, report)
+                 dataset, report, task="text_to_image")
     return Path(dataset.path)
 
 
@@ -56,7 +56,7 @@ def dataset_dir(tmp_path_factory, digits_dir) -> Path:
 def sdxl_cache(tmp_path_factory, dataset_dir, tiny_sdxl_model) -> Path:
     cache = LocalArtifact(str(tmp_path_factory.mktemp("sdxl-cache") / "cache"))
     facts = build_cache(str(dataset_dir), {"base": str(tiny_sdxl_model), "family": "sdxl"},
-                        {"batch_size": 40, "storage_dtype": "float32"}, cache)
+                        {"batch_size": 40, "storage_dtype": "float32"}, cache, task="text_to_image")
     assert facts["family"] == "sdxl"
     return Path(cache.path)
 
@@ -116,7 +116,7 @@ def test_a_config_for_the_other_family_is_one_sentence_before_anything_is_encode
     folder = tiny_sdxl_model if base == "sdxl" else tiny_base_model
     with pytest.raises(ConfigError) as error:
         build_cache(str(dataset_dir), {"base": str(folder), "family": declared}, {"batch_size": 8},
-                    LocalArtifact(str(tmp_path / "cache")))
+                    LocalArtifact(str(tmp_path / "cache")), task="text_to_image")
     message = str(error.value)
     assert message.startswith(f"model.family: the config says '{declared}'") and f"is '{base}'" in message
     assert "\n" not in message and not (tmp_path / "cache").exists()
@@ -124,7 +124,7 @@ def test_a_config_for_the_other_family_is_one_sentence_before_anything_is_encode
 
 def test_training_an_sdxl_base_on_an_sd_cache_names_the_field(tiny_sdxl_model, dataset_dir, tiny_base_model, tmp_path):
     cache = LocalArtifact(str(tmp_path / "sd-cache"))
-    build_cache(str(dataset_dir), {"base": str(tiny_base_model)}, {"batch_size": 40, "storage_dtype": "float32"}, cache)
+    build_cache(str(dataset_dir), {"base": str(tiny_base_model)}, {"batch_size": 40, "storage_dtype": "float32"}, cache, task="text_to_image")
     with pytest.raises(ConfigError, match=r"^model\.base: the cache in .* was encoded for a 'sd' base but model\.base "
                                           r"is 'sdxl'; rebuild the cache"):
         train_run(Path(cache.path), tiny_sdxl_model, tmp_path)
@@ -182,7 +182,7 @@ def test_sdxl_test_loss_is_batch_size_independent_and_scores_the_base_beside_it(
                                                                                  tmp_path):
     results = [evaluate(str(sdxl_cache), str(full_run / "model"), {"base": str(tiny_sdxl_model)},
                         {"batch_size": size, "device": "cpu", "bootstrap_resamples": 0}, 0,
-                        LocalArtifact(str(tmp_path / f"m{size}"))) for size in (2, 16)]
+                        LocalArtifact(str(tmp_path / f"m{size}")), task="text_to_image") for size in (2, 16)]
     assert results[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=1e-6)
     assert results[0]["test_loss"] != pytest.approx(results[0]["base_test_loss"], rel=1e-4)
 

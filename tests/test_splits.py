@@ -149,7 +149,7 @@ def small_digits(tmp_path_factory):
 def _ingest(tmp_path, name, seed, split, digits_dir):
     dataset = LocalArtifact(str(tmp_path / name / "dataset"))
     config = {"dataset_dir": str(digits_dir), "resolution": 8, "label_column": "label", "max_records": 120, "split": split}
-    ingest_split(config, seed, dataset, LocalArtifact(str(tmp_path / name / "report.md")))
+    ingest_split(config, seed, dataset, LocalArtifact(str(tmp_path / name / "report.md")), task="text_to_image")
     return {f: hashlib.sha256((tmp_path / name / "dataset" / f).read_bytes()).hexdigest()
             for f in ("manifest.jsonl", "folds.json") if (tmp_path / name / "dataset" / f).exists()}
 

@@ -27,8 +27,8 @@ def chain(tmp_path_factory, digits_dir, tiny_base_model, digits_classifier):
     config = small_config(digits_dir, tiny_base_model, digits_classifier, tmp)
     out = {name: LocalArtifact(str(tmp / name)) for name in
            ["dataset", "ingest_report", "cache", "model", "train_metrics", "eval_metrics", "score_metrics", "samples", "registration"]}
-    ingest_split(config["ingest"], 0, out["dataset"], out["ingest_report"])
-    build_cache(out["dataset"].path, config["model"], config["cache"], out["cache"])
+    ingest_split(config["ingest"], 0, out["dataset"], out["ingest_report"], task="text_to_image")
+    build_cache(out["dataset"].path, config["model"], config["cache"], out["cache"], task="text_to_image")
     train("text_to_image", out["cache"].path, config["model"], config["train"], 0, out["model"], out["train_metrics"],
           checkpoint_dir=str(tmp / "ckpt"))
     return config, out, tmp
@@ -57,7 +57,7 @@ def test_train_writes_a_complete_pipeline_folder_with_the_best_epoch(chain):
 
 def test_evaluate_reports_test_loss_for_tuned_and_base(chain):
     config, out, tmp = chain
-    result = evaluate(out["cache"].path, out["model"].path, config["model"], config["evaluate"], 0, out["eval_metrics"])
+    result = evaluate(out["cache"].path, out["model"].path, config["model"], config["evaluate"], 0, out["eval_metrics"], task="text_to_image")
     assert 0 < result["test_loss"] < result["base_test_loss"], "two epochs must already beat a random UNet"
     assert result["stop_reason"].startswith("reached train.max_epochs")
     assert json.loads(Path(out["eval_metrics"].path).read_text())["test_loss"] == result["test_loss"]
@@ -108,11 +108,11 @@ def test_register_records_the_run_and_registers_only_past_the_gates(chain, tmp_p
     eval_metrics = {"test_loss": 0.2, "base_test_loss": 1.0, "stop_reason": "x"}
     passing = register_model(out["model"].path, out["dataset"].metadata, eval_metrics, {"fid": 3.0, "base_fid": 9.0},
                              {**config["register"], "gates": [{"metric": "fid", "beat_base": True}]}, "r1", config,
-                             LocalArtifact(str(tmp_path / "ok.md")))
+                             LocalArtifact(str(tmp_path / "ok.md")), task="text_to_image")
     assert passing["registered"] and passing["model_version"] == 1
     failing = register_model(out["model"].path, out["dataset"].metadata, eval_metrics, {"fid": 3.0, "base_fid": 9.0},
                              {**config["register"], "gates": [{"metric": "prompt_accuracy", "min": 0.5}]}, "r2", config,
-                             LocalArtifact(str(tmp_path / "no.md")))
+                             LocalArtifact(str(tmp_path / "no.md")), task="text_to_image")
     assert not failing["registered"]
     assert failing["reasons"] == ["prompt_accuracy was not computed, so its gate cannot pass"]
     assert "Not registered" in (tmp_path / "no.md").read_text()

@@ -237,7 +237,6 @@ def test_multi_user_kfp_needs_a_namespace_and_then_uses_it(tmp_path, capsys):
 
 def test_the_pipeline_follows_the_task_and_a_missing_module_is_a_clear_error(tmp_path, monkeypatch):
     assert pipeline_package.default_pipeline(SimpleNamespace(task="text_to_image")) == "text-to-image"
-    assert pipeline_package.default_pipeline(SimpleNamespace()) == "text-to-image"
     assert pipeline_package.default_pipeline(SimpleNamespace(task="classification")) == "supervised"
     monkeypatch.setitem(pipeline_package.PIPELINES, "supervised", ("pipelines.not_written_yet", "supervised_pipeline"))
     with pytest.raises(UserFacingError, match="pipelines.not_written_yet is missing"):

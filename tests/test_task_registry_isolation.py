@@ -25,14 +25,6 @@ ALLOWED = {
         "format-1 model folders recorded their task's name instead of the output shape; kept to read them back",
     ("pipelines/text_to_image.py", "text_to_image"):
         "the pipeline of the one task with a score stage: it runs that task, so it names it",
-    # Known debt, older than the task registry: the stage functions' `task` default and the fallback for a
-    # config without a task. Removing them changes the compiled pipelines' component signatures.
-    ("shared/trainflow/kubeflow/pipeline_package.py", "text_to_image"): "default task of a config without one",
-    ("shared/trainflow/stages/build_cache.py", "text_to_image"): "default of the stage's `task` argument",
-    ("shared/trainflow/stages/evaluate.py", "text_to_image"): "default of the stage's `task` argument",
-    ("shared/trainflow/stages/ingest_split.py", "text_to_image"): "default of the stage's `task` argument",
-    ("shared/trainflow/stages/register_model.py", "text_to_image"): "default of the stage's `task` argument",
-    ("components/register_model/component.py", "text_to_image"): "default of the component's `task` input",
 }
 NEW_TASKS = ("text_classification", "autoencoder", "semi_supervised")
 

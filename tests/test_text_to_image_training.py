@@ -53,8 +53,8 @@ def cache_dir(tmp_path_factory, digits_dir, tiny_base_model) -> Path:
     tmp = tmp_path_factory.mktemp("t2i-cache")
     dataset, report, cache = (LocalArtifact(str(tmp / name)) for name in ("dataset", "report", "cache"))
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 40}, 0,
-                 dataset, report)
-    build_cache(dataset.path, {"base": str(tiny_base_model)}, {"batch_size": 40, "storage_dtype": "float32"}, cache)
+                 dataset, report, task="text_to_image")
+    build_cache(dataset.path, {"base": str(tiny_base_model)}, {"batch_size": 40, "storage_dtype": "float32"}, cache, task="text_to_image")
     return Path(cache.path)
 
 
@@ -257,7 +257,7 @@ def test_lora_on_modules_the_unet_lacks_names_the_field(tmp_path, tiny_base_mode
 
 def test_test_loss_of_a_lora_model_does_not_depend_on_the_batch_size(lora_run, tiny_base_model, cache_dir, tmp_path):
     results = [evaluate(str(cache_dir), str(lora_run / "model"), {"base": str(tiny_base_model)},
-                        {"batch_size": size, "device": "cpu"}, 0, LocalArtifact(str(tmp_path / f"m{size}")))
+                        {"batch_size": size, "device": "cpu"}, 0, LocalArtifact(str(tmp_path / f"m{size}")), task="text_to_image")
                for size in (2, 16)]
     assert results[0]["test_loss"] == pytest.approx(results[1]["test_loss"], rel=1e-6)
     assert results[0]["test_loss"] != pytest.approx(results[0]["base_test_loss"], rel=1e-4), "the adapter is applied"
@@ -417,7 +417,7 @@ def test_text_encoder_training_reaches_the_encoder_and_ships_it(tmp_path, tiny_b
     record = json.loads((model_dir / "trainflow_training.json").read_text())
     assert all(torch.isfinite(torch.tensor(h["val_loss"])) for h in record["history"])
     result = evaluate(str(cache_dir), str(model_dir), {"base": str(tiny_base_model)}, {"batch_size": 16, "device": "cpu"},
-                      0, LocalArtifact(str(tmp_path / "eval")))
+                      0, LocalArtifact(str(tmp_path / "eval")), task="text_to_image")
     assert result["test_loss"] != pytest.approx(result["base_test_loss"], rel=1e-4)
 
 

@@ -41,8 +41,8 @@ def one_cpu_thread():
 def make_cache(tmp: Path, digits_dir: Path, base: Path, family: str = "auto") -> Path:
     dataset, report, cache = (LocalArtifact(str(tmp / name)) for name in ("dataset", "report", "cache"))
     ingest_split({"dataset_dir": str(digits_dir), "resolution": 32, "label_column": "label", "max_records": 30}, 0,
-                 dataset, report)
-    build_cache(dataset.path, {"base": str(base), "family": family}, {"batch_size": 30, "storage_dtype": "float32"}, cache)
+                 dataset, report, task="text_to_image")
+    build_cache(dataset.path, {"base": str(base), "family": family}, {"batch_size": 30, "storage_dtype": "float32"}, cache, task="text_to_image")
     return Path(cache.path)
 
 
@@ -95,7 +95,7 @@ def test_the_evaluation_report_shows_the_prompt_grids(sd_run, sd_cache, tiny_bas
 
     report = LocalArtifact(str(tmp_path / "report.html"))
     evaluate(str(sd_cache), str(sd_run / "model"), {"base": str(tiny_base_model)}, {"batch_size": 16, "device": "cpu"},
-             0, LocalArtifact(str(tmp_path / "metrics")), report=report)
+             0, LocalArtifact(str(tmp_path / "metrics")), report=report, task="text_to_image")
     page = Path(report.path).read_text()
     assert "Validation prompts during training" in page and "before training (step 0)" in page
 

@@ -8,9 +8,9 @@ from components.component_defaults import trainflow_component
 @trainflow_component
 def register_model(
     dataset: Input[Dataset], model: Input[Model], eval_metrics: Input[Metrics],
-    register_config: dict, run_name: str, params: dict, report: Output[Markdown],
+    register_config: dict, run_name: str, params: dict, report: Output[Markdown], task: str,
     score_metrics: Optional[Input[Metrics]] = None, predictions: Optional[Input[Artifact]] = None,
-    cache: Optional[Input[Dataset]] = None, task: str = "text_to_image", seed: int = 0, pipeline_run_id: str = "",
+    cache: Optional[Input[Dataset]] = None, seed: int = 0, pipeline_run_id: str = "",
     pipeline_name: str = "",
 ):
     """Log the run to MLflow and register a model version only if the configured gates pass.

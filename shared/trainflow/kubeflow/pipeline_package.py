@@ -26,7 +26,7 @@ def default_pipeline(config: Any) -> str:
     """The pipeline that runs the config's task (its definition in trainflow.tasks says which)."""
     from trainflow.tasks import get_task
 
-    return get_task(getattr(config, "task", None) or "text_to_image").pipeline
+    return get_task(config.task).pipeline
 
 
 def compile_pipeline_package(config: Any, pipeline: str, output: Path) -> Path:

@@ -11,7 +11,7 @@ from trainflow.tasks import get_task
 
 def build_cache(
     dataset_dir: str, model_config: dict[str, Any], config: dict[str, Any], cache: ArtifactLike,
-    task: str = "text_to_image",
+    task: str,
 ) -> dict[str, Any]:
     """Build the task's cache of the ingest_split Dataset folder into `cache`, for all three splits.
 

@@ -39,7 +39,7 @@ def read_training_record(model_dir: str | Path) -> dict[str, Any]:
 
 def evaluate(
     cache_dir: str, model_dir: str, model_config: dict[str, Any], config: dict[str, Any], seed: int,
-    metrics: ArtifactLike, task: str = "text_to_image", report: ArtifactLike | None = None,
+    metrics: ArtifactLike, task: str, report: ArtifactLike | None = None,
     summary: ArtifactLike | None = None, predictions: ArtifactLike | None = None,
     classification: ArtifactLike | None = None, pipeline_run_id: str = "",
 ) -> dict[str, Any]:

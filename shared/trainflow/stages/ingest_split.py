@@ -55,7 +55,7 @@ def _split(records: list[IngestRecord], cfg: IngestConfig, seed: int) -> tuple[d
 
 
 def ingest_split(config: dict[str, Any], seed: int, dataset: ArtifactLike, report: ArtifactLike,
-                 task: str = "text_to_image", model_base: str | None = None) -> dict[str, Any]:
+                 task: str, model_base: str | None = None) -> dict[str, Any]:
     """Check every record of the configured source, split it, and write the Dataset artifact.
 
     Inputs: the `ingest` config section, the run seed, the task, and optionally the base model (`model.base`)

@@ -18,7 +18,7 @@ from trainflow.registry.tracking import connect, default_tracking_uri, ensure_ex
 def register_model(
     model_dir: str, dataset_metadata: dict[str, Any], eval_metrics: dict[str, Any], score_metrics: dict[str, Any],
     config: dict[str, Any], run_name: str, params: dict[str, Any], report: ArtifactLike,
-    task: str = "text_to_image", predictions_dir: str | None = None, cache_dir: str | None = None, seed: int = 0,
+    task: str, predictions_dir: str | None = None, cache_dir: str | None = None, seed: int = 0,
     pipeline_run_id: str = "", dataset_dir: str | None = None, dataset_uri: str | None = None, pipeline_name: str = "",
 ) -> dict[str, Any]:
     """Log params, metrics and the model (an MLflow Model) to MLflow; register a version only past the gates.
