@@ -80,7 +80,7 @@ def strategy_tune(payload: dict[str, Any], strategy: str, trials: int, seed: int
     tune = {**payload["tune"], "trials": trials, "seed": 1000 * STRATEGIES.index(strategy) + seed,
             "study_name": f"{strategy}-seed{seed}"}
     if strategy == "tpe_pruned":  # four trials finish before any is pruned; then a trial can stop at its first validation
-        tune.update({"sampler": "tpe", "pruner": "median", "pruner_startup_trials": 4, "pruner_warmup_steps": 0})
+        tune.update({"sampler": "tpe", "pruner": "median", "pruner_startup_trials": 4, "pruner_warmup_epochs": 0})
     else:
         tune.update({"sampler": strategy, "pruner": "none"})
     return tune

@@ -70,6 +70,7 @@ def start(tmp_path: Path, trials: int = 4, **tune):
 
 @pytest.mark.slow
 def test_pruned_trials_stop_at_once_with_stop_kind_pruned(tmp_path):
+    from trainflow.experiments.samplers import pruning_step
     from trainflow.experiments.trial_worker import run_worker
 
     request = start(tmp_path, trials=6, pruner_startup_trials=1)
@@ -80,8 +81,11 @@ def test_pruned_trials_stop_at_once_with_stop_kind_pruned(tmp_path):
     for trial in pruned:
         assert trial.user_attrs["trainflow_stop_kind"] == "pruned"
         assert "pruned at step" in trial.user_attrs["trainflow_stop_reason"]
-        # Stopped at the validation that was pruned: no training past the last reported step.
-        assert trial.user_attrs["trainflow_steps_run"] == max(trial.intermediate_values)
+        # Stopped at the validation that was pruned: no training past it, and it is the last one reported
+        # (at thousandths of an epoch, so trials with different batch sizes are compared at equal epochs).
+        step, epoch = re.search(r"pruned at step (\d+) \(epoch ([0-9.]+)\)", trial.user_attrs["trainflow_stop_reason"]).groups()
+        assert trial.user_attrs["trainflow_steps_run"] == int(step)
+        assert max(trial.intermediate_values) == pruning_step(float(epoch))
         record = json.loads((Path(request.study_dir) / "trials" / f"{trial.number:05d}" / "model" /
                              "trainflow_training.json").read_text())
         assert record["stop_kind"] == "pruned"

@@ -122,7 +122,9 @@ class TuneConfig(Section):
     pruner: Literal["median", "successive_halving", "hyperband", "none"] | None = Field(
         None, description="Default: median with one objective; none with several (Optuna prunes single-objective studies only).")
     pruner_startup_trials: int = Field(4, ge=0, le=1_000_000, description="median: trials that finish before any is pruned.")
-    pruner_warmup_steps: int = Field(0, ge=0, le=1_000_000_000, description="median: optimizer steps before a trial can be pruned.")
+    pruner_warmup_epochs: float = Field(0.0, ge=0, le=1_000_000, allow_inf_nan=False, description=(
+        "median: epochs of training data a trial sees before it can be pruned (fractions allowed). Trials are "
+        "compared at equal epochs, not optimizer steps, so a searched batch size does not skew the comparison."))
     trials: int | None = Field(20, ge=1, le=1_000_000, description="Finished trials (complete, pruned or failed) the study runs to.")
     wall_time_minutes: float | None = Field(None, gt=0, le=1e7, description="Each worker starts no new trial after this long.")
     workers: int = Field(1, ge=1, le=64, description="Trial workers asking the shared study (ParallelFor parallelism).")

@@ -21,7 +21,7 @@ def log_parent_with_children(tracking_uri: str, experiment: str, parent_name: st
                              parent_tags: dict[str, str], children: list[dict[str, Any]]) -> str:
     """Create the parent run and its children (each: name, params, metrics, tags); returns the parent run id."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = ensure_experiment(client, experiment, tracking_uri)

@@ -96,6 +96,16 @@ def build_sampler(tune: TuneConfig, seed: int, workers: int) -> BaseSampler:
     return TrialSeededSampler(_factory(tune, workers), seed)
 
 
+# Validations are reported to the pruner at thousandths of an epoch of training data seen. Optimizer steps
+# would compare unlike trials: with the batch size searched, step 40 is five epochs for one trial and one for
+# another, and the median pruner compares a trial only with trials that reported at the same step.
+PRUNING_STEPS_PER_EPOCH = 1000
+
+
+def pruning_step(epoch: float) -> int:
+    return int(round(epoch * PRUNING_STEPS_PER_EPOCH))
+
+
 def pruner_name(tune: TuneConfig) -> str:
     if tune.pruner is not None:
         return tune.pruner
@@ -106,7 +116,7 @@ def build_pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
     name = pruner_name(tune)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials,
-                                           n_warmup_steps=tune.pruner_warmup_steps)
+                                           n_warmup_steps=pruning_step(tune.pruner_warmup_epochs))
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "hyperband":

@@ -28,7 +28,7 @@ from trainflow.config import RunConfig, parse_section, section_payload
 from trainflow.config.schema_base import Section
 from trainflow.config.tuning import TuneConfig, apply_params, objective_directions
 from trainflow.errors import ConfigError, UserFacingError
-from trainflow.experiments.samplers import build_pruner, build_sampler
+from trainflow.experiments.samplers import build_pruner, build_sampler, pruning_step
 from trainflow.experiments.search_space import grid_size, suggest_params
 from trainflow.experiments.study_storage import open_storage
 from trainflow.experiments.trial_claims import CONTINUES, Heartbeat, claim_trial, requeue_stale_trials, trial_folder
@@ -109,7 +109,7 @@ def _validation_hook(trial: optuna.Trial, metric: str, single: bool):
     def hook(step: int, epoch: float, metrics: dict[str, float]) -> str | None:
         if not single:  # Optuna neither stores intermediate values nor prunes multi-objective trials
             return None
-        trial.report(metrics[metric], step)
+        trial.report(metrics[metric], pruning_step(epoch))
         if trial.should_prune():
             return f"trial {trial.number} pruned at step {step} (epoch {epoch:g}): {metric} {metrics[metric]:.5g}"
         return None

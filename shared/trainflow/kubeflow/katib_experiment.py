@@ -85,6 +85,10 @@ def _check_expressible(config: RunConfig) -> None:
     if tune.pruner in ("successive_halving", "hyperband"):
         raise ConfigError(f"tune.pruner: Katib early-stops trials with medianstop only, not {tune.pruner}; use median "
                           "or none for --katib")
+    if tune.pruner_warmup_epochs and config.train.validation.every_n_steps:
+        raise ConfigError("tune.pruner_warmup_epochs: Katib's medianstop counts validations, and how many "
+                          "train.validation.every_n_steps makes in an epoch depends on the dataset's size; for "
+                          "--katib validate every epoch (every_n_steps: null) or set the warm-up to 0")
     if tune.trials is None:
         raise ConfigError("tune.trials: Katib budgets an experiment in trials (maxTrialCount), not wall time; set "
                           "tune.trials for --katib")
@@ -138,12 +142,13 @@ def trial_job(config: RunConfig, command: list[str], image: str) -> dict[str, An
 
 
 def _reports_before_stopping(config: RunConfig) -> int:
-    """medianstop's start_step counts a trial's reports; the median pruner's warm-up counts optimizer steps."""
-    warmup = config.tune.pruner_warmup_steps if config.tune else 0
-    every = config.train.validation.every_n_steps
-    if warmup == 0:
-        return 1
-    return 1 + math.ceil(warmup / every) if every else 2  # epoch-end validations: from the second report on
+    """medianstop's start_step counts a trial's reports; the median pruner's warm-up counts epochs.
+
+    With epoch-end validations report k comes after k epochs, so the first report that may stop a trial is the
+    first at or past the warm-up (_check_expressible refuses a warm-up with step-counted validations).
+    """
+    warmup = config.tune.pruner_warmup_epochs if config.tune else 0.0
+    return max(1, math.ceil(warmup))
 
 
 def katib_experiment(config: RunConfig, image: str | None = None, namespace: str | None = None) -> dict[str, Any]:
