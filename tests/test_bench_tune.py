@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -42,7 +43,7 @@ def test_compute_ratio_is_tpe_cpu_until_it_first_reaches_random_best_over_random
 @pytest.mark.slow
 def test_the_smoke_bench_runs_every_strategy_on_both_datasets_and_ends_with_its_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "shared"), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_tune.py"), "--smoke", "--json",
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_tune.py"), "--smoke", "--tpe-trials", "3", "--json",
                            str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
@@ -53,3 +54,5 @@ def test_the_smoke_bench_runs_every_strategy_on_both_datasets_and_ends_with_its_
     for strategy in ("tpe_pruned", "random", "grid"):
         assert re.search(rf"\| digits \(val_accuracy\) \| {strategy} \|", done.stdout)
         assert re.search(rf"\| diabetes \(val_mse\) \| {strategy} \|", done.stdout)
+    for dataset in json.loads((tmp_path / "bench.json").read_text()):  # --tpe-trials gives TPE+pruning its own budget
+        assert [(s["tpe_pruned"]["trials"], s["random"]["trials"], s["grid"]["trials"]) for s in dataset["seeds"]] == [(3, 4, 4)]
