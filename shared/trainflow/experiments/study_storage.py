@@ -12,7 +12,9 @@ variable `tune.storage.url_env`, which a cluster pipeline fills from a Kubernete
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 import optuna
@@ -48,14 +50,50 @@ def describe_storage(tune: TuneConfig, folder: Path) -> str:
     return f"database {redact_text(storage_url(tune))}"
 
 
+def mend_journal(path: Path, lock: optuna.storages.journal.BaseJournalFileLock) -> None:
+    """Cut a torn last entry from the journal; UserFacingError naming the line when an earlier one is damaged.
+
+    A writer stopped mid-append (a full disk, a killed worker on a network file system) leaves a last line
+    without its newline. Optuna skips it when reading, but its next append would land right after the
+    fragment, making a line no reader can parse: the whole study, every finished trial, unreadable. Cut under
+    the journal's own lock, so no live writer is mid-append. The cut entry's trial (its tell was lost) stays
+    RUNNING and is re-queued like any trial whose worker stopped.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        whole = data.rfind(b"\n") + 1
+        for number, line in enumerate(data[:whole].splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            if not isinstance(entry, dict):
+                raise UserFacingError(
+                    f"the study journal {path} is damaged at line {number} (not an Optuna journal entry); restore "
+                    "it from a copy, or start a new study with another tune.study_name")
+        if whole < len(data):
+            with path.open("r+b") as journal:
+                journal.truncate(whole)
+                journal.flush()
+                os.fsync(journal.fileno())
+            print(f"tune: {path}: cut a torn last entry ({len(data) - whole} bytes) left by a stopped writer; "
+                  "its trial is re-queued if it was running", file=sys.stderr, flush=True)
+    finally:
+        lock.release()
+
+
 def open_storage(tune: TuneConfig, folder: Path) -> optuna.storages.BaseStorage:
     """The study's storage; UserFacingError (URL redacted) when the database cannot be reached."""
     if tune.storage.kind == "journal":
         folder.mkdir(parents=True, exist_ok=True)
         path = str(folder / JOURNAL_FILE)
         # The open(O_EXCL) lock works on NFS-like workspaces, where symlink locks may not.
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-            path, lock_obj=optuna.storages.journal.JournalFileOpenLock(path)))
+        lock = optuna.storages.journal.JournalFileOpenLock(path)
+        mend_journal(Path(path), lock)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path, lock_obj=lock))
     url = storage_url(tune)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
