@@ -97,3 +97,10 @@ def test_katib_refuses_a_warm_up_with_step_counted_validations_in_one_sentence()
     with pytest.raises(ConfigError, match=r"tune.pruner_warmup_epochs: .*every_n_steps") as raised:
         katib_experiment(tuning_config(4, pruner="median", pruner_warmup_epochs=1.0))
     assert "\n" not in str(raised.value)
+
+
+def test_a_warm_up_without_the_median_pruner_does_not_stop_a_katib_compile():
+    from trainflow.kubeflow.katib_experiment import katib_experiment
+
+    experiment = katib_experiment(tuning_config(4, pruner="none", pruner_warmup_epochs=1.0))
+    assert "earlyStopping" not in experiment["spec"] or not experiment["spec"]["earlyStopping"]

@@ -85,7 +85,7 @@ def _check_expressible(config: RunConfig) -> None:
     if tune.pruner in ("successive_halving", "hyperband"):
         raise ConfigError(f"tune.pruner: Katib early-stops trials with medianstop only, not {tune.pruner}; use median "
                           "or none for --katib")
-    if tune.pruner_warmup_epochs and config.train.validation.every_n_steps:
+    if tune.pruner in (None, "median") and tune.pruner_warmup_epochs and config.train.validation.every_n_steps:
         raise ConfigError("tune.pruner_warmup_epochs: Katib's medianstop counts validations, and how many "
                           "train.validation.every_n_steps makes in an epoch depends on the dataset's size; for "
                           "--katib validate every epoch (every_n_steps: null) or set the warm-up to 0")
